@@ -1,0 +1,204 @@
+"""The `modq` command: dev, ingest, scorer, api, simulate, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+log = logging.getLogger("modq.cli")
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.common.config import IngestSettings
+    from services.common.logging import configure_logging
+    from services.ingest.http import create_ingest_app
+    from services.ingest.service import IngestService
+
+    settings = IngestSettings()
+    configure_logging(settings.log_level, "ingest")
+    host = args.host or settings.ingest_host
+    port = args.port or settings.ingest_port
+
+    async def main() -> None:
+        service = IngestService(settings)
+        await service.start()
+        server = uvicorn.Server(uvicorn.Config(create_ingest_app(service), host=host, port=port, log_config=None))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        consumer = asyncio.create_task(service.run(), name="ingest-consumer")
+        http = asyncio.create_task(server.serve(), name="ingest-http")
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({consumer, http, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        await service.stop()  # finishes the in-flight poll's produce and commit
+        for task in (consumer, http, stopper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for task in done:
+            if task is not stopper and task.exception():
+                raise task.exception()  # type: ignore[misc]
+
+    asyncio.run(main())
+    return 0
+
+
+def _check_schema(url: str, auto_migrate: bool) -> None:
+    from services.common.db import make_engine
+    from services.common.migrate import ensure_schema
+
+    async def check() -> None:
+        engine = make_engine(url)
+        try:
+            await ensure_schema(engine, auto_migrate=auto_migrate)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(check())
+
+
+def _scorer(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from services.common.config import ScorerSettings
+    from services.common.logging import configure_logging
+    from services.common.migrate import SchemaOutOfDate
+    from services.scorer.app import Scorer
+
+    settings = ScorerSettings()
+    configure_logging(settings.log_level, "scorer")
+    try:
+        _check_schema(settings.database_url, settings.auto_migrate)
+    except SchemaOutOfDate as exc:
+        log.error(str(exc))
+        return 2
+    scorer = Scorer(settings)
+    worker = Worker(scorer.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.api.app import create_api
+    from services.common.config import ApiSettings
+    from services.common.logging import configure_logging
+    from services.common.migrate import SchemaOutOfDate
+
+    settings = ApiSettings()
+    configure_logging(settings.log_level, "api")
+    try:
+        _check_schema(settings.database_url, settings.auto_migrate)
+    except SchemaOutOfDate as exc:
+        log.error(str(exc))
+        return 2
+    uvicorn.run(
+        create_api(settings),
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_config=None,
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from services.common.config import CommonSettings
+    from services.common.logging import configure_logging
+    from services.simulate import Drift, SimConfig, run_simulator
+
+    settings = CommonSettings()
+    configure_logging(settings.log_level, "simulate")
+    cfg = SimConfig(
+        rate=args.rate,
+        vendors=args.vendors,
+        labels=args.labels,
+        markets=args.markets,
+        qa_fraction=args.qa_fraction,
+        baseline=args.baseline,
+        duration_s=args.duration,
+        seed=args.seed,
+        drift=Drift.parse(args.drift) if args.drift else None,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        sent = asyncio.run(run_simulator(settings, cfg))
+        print(f"sent {sent} records")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from services.common.config import CommonSettings
+    from services.common.logging import configure_logging
+
+    settings = CommonSettings()
+    configure_logging(settings.log_level, "migrate")
+    _check_schema(settings.database_url, auto_migrate=True)
+    print("database schema is at head")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from services.dev import run_dev
+
+    return run_dev(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modq", description="Moderation quality monitoring.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="start broker, database, all services and the simulator")
+    dev.add_argument("--kafka-port", type=int, default=9092)
+    dev.add_argument("--api-port", type=int, default=8000)
+    dev.add_argument("--ingest-port", type=int, default=8081)
+    dev.add_argument("--rate", type=float, default=400.0, help="simulated decisions per second")
+    dev.add_argument("--drift", default="vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=60")
+    dev.add_argument("--exit-after-alert", action="store_true", help="stop once the drift alert shows in the API")
+    dev.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    dev.set_defaults(func=_dev)
+
+    for name, func, helptext in (
+        ("ingest", _ingest, "validate upstream events into the scorer topic; HTTP batch endpoint"),
+        ("api", _api, "serve the HTTP API"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--host", default=None)
+        p.add_argument("--port", type=int, default=None)
+        p.set_defaults(func=func)
+
+    sub.add_parser("scorer", help="run the Faust scorer worker").set_defaults(func=_scorer)
+    sub.add_parser("migrate", help="upgrade the database schema to head").set_defaults(func=_migrate)
+
+    sim = sub.add_parser("simulate", help="publish realistic traffic to the upstream topics")
+    sim.add_argument("--rate", type=float, default=400.0, help="decisions per second")
+    sim.add_argument("--vendors", type=int, default=4)
+    sim.add_argument("--labels", type=int, default=4)
+    sim.add_argument("--markets", type=int, default=3)
+    sim.add_argument("--qa-fraction", type=float, default=0.2)
+    sim.add_argument("--baseline", type=float, default=0.03)
+    sim.add_argument("--duration", type=float, default=None, help="seconds; forever when omitted")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--drift", default=None, help='e.g. "vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=120"')
+    sim.set_defaults(func=_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "scorer":
+        # Faust's worker parses sys.argv itself; give it nothing of ours.
+        sys.argv = sys.argv[:1]
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

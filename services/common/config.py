@@ -1,0 +1,92 @@
+"""Configuration from environment variables: one pydantic-settings class per service."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_DATABASE_URL = "sqlite+aiosqlite:///./.modq-dev/modq.db"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service shares (prefix MODQ_)."""
+
+    model_config = SettingsConfigDict(env_prefix="MODQ_", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    database_url: str = DEV_DATABASE_URL
+    auto_migrate: bool = True
+    topic_decisions: str = "moderation.decisions"
+    topic_verdicts: str = "qa.verdicts"
+    topic_appeals: str = "appeal.outcomes"
+    topic_alerts: str = "quality.alerts"
+    topic_deadletter: str = "modq.deadletter"
+    topic_events: str = "modq.events"
+    topic_outcomes: str = "modq.pair-outcomes"
+    partitions: int = Field(8, ge=1, description="partitions of modq.events and the scorer's tables")
+    public_api_url: str = "http://127.0.0.1:8000"
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if not (v.startswith("postgresql+asyncpg://") or v.startswith("sqlite+aiosqlite://")):
+            raise ValueError("MODQ_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return v
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Security options for aiokafka clients (SASL/TLS when configured)."""
+        opts: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
+        if self.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = self.kafka_sasl_username
+            opts["sasl_plain_password"] = self.kafka_sasl_password
+        return opts
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        return {self.topic_decisions: "decision", self.topic_verdicts: "verdict", self.topic_appeals: "appeal"}
+
+
+class IngestSettings(CommonSettings):
+    """modq ingest: Kafka consumer plus HTTP batch endpoint."""
+
+    ingest_group_id: str = "modq-ingest"
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8081
+    max_record_bytes: int = 65_536
+    max_future_skew_s: int = 300
+    ingest_batch_max_events: int = 2_000
+    ingest_dedup_cache_size: int = 500_000
+    ingest_http_max_events: int = 10_000
+
+
+class ScorerSettings(CommonSettings):
+    """modq scorer: the Faust app."""
+
+    scorer_app_id: str = "modq-scorer"
+    scorer_web_host: str = "127.0.0.1"
+    scorer_web_port: int = 6066
+    scorer_store: str = "memory://"
+    baseline_error_rate: float = Field(0.03, gt=0, lt=1)
+    arl0: float = Field(100_000, gt=10)
+    resolve_threshold: float = Field(4.0, gt=0)
+    flush_interval_s: float = Field(1.0, gt=0)
+    faust_session_timeout_s: float = 30.0
+    faust_rebalance_timeout_s: float = 30.0
+
+
+class ApiSettings(CommonSettings):
+    """modq api: FastAPI over the database."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000

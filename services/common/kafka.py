@@ -1,0 +1,44 @@
+"""Thin aiokafka helpers: topic creation and client construction from settings."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from services.common.config import CommonSettings
+
+log = logging.getLogger("modq.kafka")
+
+
+async def ensure_topics(settings: CommonSettings, topics: dict[str, int]) -> None:
+    """Create topics that do not exist yet (name -> partitions); existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics", extra={"topics": [t.name for t in missing]})
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: CommonSettings, **overrides: object) -> AIOKafkaProducer:
+    opts: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": 5,
+        "max_batch_size": 1_048_576,
+        "max_request_size": 4_194_304,
+        **settings.kafka_client_options(),
+    }
+    opts.update(overrides)
+    return AIOKafkaProducer(**opts)

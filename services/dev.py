@@ -1,0 +1,108 @@
+"""`modq dev`: everything on embedded defaults in one process tree; Ctrl-C stops all of it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from services.common.broker import port_open, start_broker, wait_for_port
+
+DEV_DIR = Path(".modq-dev")
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(DEV_DIR / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", *argv], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    (DEV_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    procs: list[subprocess.Popen[bytes]] = []
+    external_kafka = "MODQ_KAFKA_BOOTSTRAP_SERVERS" in env
+    if not external_kafka:
+        if port_open("127.0.0.1", args.kafka_port):
+            print(f"port {args.kafka_port} is taken: stop what runs there or pass --kafka-port", file=sys.stderr)
+            return 2
+        procs.append(start_broker(args.kafka_port, DEV_DIR / "logs" / "broker.log"))
+        env["MODQ_KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{args.kafka_port}"
+    if "MODQ_DATABASE_URL" not in env:
+        # The embedded broker keeps nothing on disk, so the dev database starts afresh with it.
+        db = DEV_DIR / "modq.db"
+        db.unlink(missing_ok=True)
+        env["MODQ_DATABASE_URL"] = f"sqlite+aiosqlite:///{db.resolve()}"
+    api = f"http://127.0.0.1:{args.api_port}"
+    env.setdefault("MODQ_PUBLIC_API_URL", api)
+    env.setdefault("MODQ_PARTITIONS", "4")
+    interrupted = False
+    try:
+        if subprocess.call([sys.executable, "-m", "services.cli", "migrate"], env=env, stdout=subprocess.DEVNULL) != 0:
+            print("migrations failed; see the output above", file=sys.stderr)
+            return 1
+        procs.append(_spawn("ingest", ["ingest", "--port", str(args.ingest_port)], env))
+        procs.append(_spawn("scorer", ["scorer"], env))
+        procs.append(_spawn("api", ["api", "--port", str(args.api_port)], env))
+        wait_for_port("127.0.0.1", args.api_port, 60)
+        procs.append(_spawn("simulate", ["simulate", "--rate", str(args.rate), "--drift", args.drift], env))
+        print(f"modq is running (logs in {DEV_DIR / 'logs'}):")
+        print(f"  API       {api}/docs   rates {api}/v1/rates?window=1h   alerts {api}/v1/alerts")
+        print(f"  metrics   {api}/metrics  http://127.0.0.1:{args.ingest_port}/metrics  http://127.0.0.1:6066/metrics")
+        print(f"  ingest    POST http://127.0.0.1:{args.ingest_port}/v1/events/{{decisions,verdicts,appeals}}")
+        print(f"  kafka     {env['MODQ_KAFKA_BOOTSTRAP_SERVERS']}   drift injected: {args.drift}")
+        print("Ctrl-C stops everything.")
+        return _watch(api, procs, args)
+    except KeyboardInterrupt:
+        interrupted = True
+        return 0
+    finally:
+        if interrupted:
+            print("\nstopping...")
+        _stop(list(reversed(procs)))
+
+
+def _watch(api: str, procs: list[subprocess.Popen[bytes]], args: argparse.Namespace) -> int:
+    """Print alerts as they appear; stop early on request."""
+    seen: set[str] = set()
+    start = time.monotonic()
+    with httpx.Client(base_url=api, timeout=5) as client:
+        while True:
+            for p in procs:
+                if p.poll() is not None:
+                    print(f"a service exited with code {p.returncode}: {p.args}", file=sys.stderr)
+                    return 1
+            try:
+                items = client.get("/v1/alerts").json()["items"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                items = []
+            for alert in items:
+                key = f"{alert['alert_id']}:{alert['status']}"
+                if key not in seen:
+                    seen.add(key)
+                    print(f"[{int(time.monotonic() - start):4d}s] ALERT {alert['status'].upper()}: {alert['summary']}")
+            if args.exit_after_alert and items:
+                return 0
+            if args.timeout and time.monotonic() - start > args.timeout:
+                print("timed out waiting", file=sys.stderr)
+                return 1
+            time.sleep(2)

@@ -1,0 +1,191 @@
+"""modq ingest: upstream topics and an HTTP batch endpoint in, compact co-partitioned batches out.
+
+Delivery: at least once. Offsets are committed only after every batch and dead letter produced
+from them is acknowledged by the broker; the scorer's idempotent state absorbs redeliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.common.config import IngestSettings
+from services.common.kafka import ensure_topics, make_producer
+from services.common.wire import WireEvent, encode_batch, encode_event, partition_for
+from services.ingest.dedup import RecentIds
+from services.ingest.validate import Rejected, validate_record
+
+log = logging.getLogger("modq.ingest")
+
+
+@dataclass
+class IngestMetrics:
+    registry: CollectorRegistry
+    events: Counter = field(init=False)
+    deadletters: Counter = field(init=False)
+    batches: Counter = field(init=False)
+    last_processed: Gauge = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter(
+            "modq_ingest_events", "Upstream events by type and outcome", ["type", "outcome"], registry=r
+        )
+        self.deadletters = Counter(
+            "modq_ingest_deadletters", "Events refused and dead-lettered, by reason", ["type", "reason"], registry=r
+        )
+        self.batches = Counter("modq_ingest_batches", "Batch records produced to the scorer topic", registry=r)
+        self.last_processed = Gauge(
+            "modq_ingest_last_processed_timestamp_seconds", "Wall time of the last processed poll", registry=r
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Result of routing one poll's worth of records."""
+
+    batches: dict[int, list[WireEvent]]
+    deadletters: list[tuple[ConsumerRecord[bytes, bytes], str, Rejected]]
+    duplicates: int = 0
+
+
+class Router:
+    """Validates and deduplicates records, grouping accepted ones by scorer partition."""
+
+    def __init__(self, settings: IngestSettings, metrics: IngestMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.recent = RecentIds(settings.ingest_dedup_cache_size)
+
+    def route(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]], now_ms: int) -> Outcome:
+        s = self.settings
+        out = Outcome(defaultdict(list), [])
+        for kind, rec in records:
+            raw = rec.value if rec.value is not None else b""
+            result = validate_record(
+                kind, raw, now_ms=now_ms, max_bytes=s.max_record_bytes, max_future_skew_ms=s.max_future_skew_s * 1000
+            )
+            if isinstance(result, Rejected):
+                out.deadletters.append((rec, kind, result))
+                self.metrics.events.labels(kind, "dead_lettered").inc()
+                self.metrics.deadletters.labels(kind, result.reason).inc()
+                log.info(
+                    "dead-lettered",
+                    extra={
+                        "reason": result.reason,
+                        "topic": rec.topic,
+                        "partition": rec.partition,
+                        "offset": rec.offset,
+                    },
+                )
+                continue
+            if self.recent.seen(result.event_id):
+                out.duplicates += 1
+                self.metrics.events.labels(kind, "duplicate").inc()
+                continue
+            self.metrics.events.labels(kind, "accepted").inc()
+            out.batches[partition_for(result.decision_id, s.partitions)].append(encode_event(result))
+        return out
+
+
+def deadletter_headers(rec: ConsumerRecord[bytes, bytes], kind: str, rejected: Rejected) -> list[tuple[str, bytes]]:
+    return [
+        ("modq.reason", rejected.reason.encode()),
+        ("modq.detail", rejected.detail.encode()[:2000]),
+        ("modq.event_type", kind.encode()),
+        ("modq.source_topic", rec.topic.encode()),
+        ("modq.source_partition", str(rec.partition).encode()),
+        ("modq.source_offset", str(rec.offset).encode()),
+    ]
+
+
+class IngestService:
+    """The Kafka side of ingest: consume, route, produce, commit."""
+
+    def __init__(self, settings: IngestSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = IngestMetrics(registry or CollectorRegistry())
+        self.router = Router(settings, self.metrics)
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.ready = False
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        await ensure_topics(
+            s,
+            {
+                s.topic_decisions: s.partitions,
+                s.topic_verdicts: s.partitions,
+                s.topic_appeals: s.partitions,
+                s.topic_deadletter: 1,
+                s.topic_events: s.partitions,
+                s.topic_alerts: s.partitions,
+            },
+        )
+        self.producer = make_producer(s)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            *s.input_topics,
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.ingest_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4_194_304,
+            **s.kafka_client_options(),
+        )
+        await self.consumer.start()
+        self.ready = True
+        log.info("ingest consuming", extra={"topics": list(s.input_topics)})
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.ready = False
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def run(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            polled = await self.consumer.getmany(timeout_ms=500, max_records=self.settings.ingest_batch_max_events)
+            if not polled:
+                self.metrics.last_processed.set(time.time())
+                continue
+            await self.process(
+                [(self.settings.input_topics[tp.topic], rec) for tp, recs in polled.items() for rec in recs]
+            )
+            await self.consumer.commit()
+            self.metrics.last_processed.set(time.time())
+
+    async def process(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]]) -> None:
+        """Route records and wait until every resulting message is acknowledged by the broker."""
+        assert self.producer is not None
+        s = self.settings
+        out = self.router.route(records, int(time.time() * 1000))
+        futures = []
+        for partition, events in out.batches.items():
+            futures.append(await self.producer.send(s.topic_events, encode_batch(events), partition=partition))
+            self.metrics.batches.inc()
+        for rec, kind, rejected in out.deadletters:
+            futures.append(
+                await self.producer.send(
+                    s.topic_deadletter, rec.value, key=rec.key, headers=deadletter_headers(rec, kind, rejected)
+                )
+            )
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def publish_raw(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        """Append validated HTTP events (key, value) to an upstream topic; returns once the broker has them."""
+        assert self.producer is not None
+        futures = [await self.producer.send(topic, value, key=key) for key, value in records]
+        await asyncio.gather(*futures)

@@ -1,0 +1,240 @@
+"""The scorer as a Faust app: three agents around the pure pipeline.
+
+- ``score``: modq.events (batches, co-partitioned by decision_id) -> decision and bucket tables,
+  outcomes grouped by (policy_label, vendor_id) to modq.pair-outcomes.
+- ``detect``: modq.pair-outcomes -> monitor table, alert state changes to quality.alerts.
+- ``record_alerts``: quality.alerts -> alert history in the database (idempotent upserts).
+Rate buckets reach the database from a timer that upserts the buckets changed since the last
+flush (absolute values, so a repeated flush is harmless). All state lives in changelogged
+tables, so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import msgspec
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.config import ScorerSettings
+from services.common.db import make_engine
+from services.common.wire import decode_batch
+from services.scorer.alerts import AlertEvent
+from services.scorer.pipeline import (
+    DetectionConfig,
+    decode_bucket_key,
+    decode_counts,
+    detect,
+    group_outcomes,
+    merge_buckets,
+    score_batch,
+)
+from services.scorer.sink import DbSink
+
+log = logging.getLogger("modq.scorer")
+
+
+class ScorerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.batches = Counter("modq_scorer_batches", "Batch records processed", registry=registry)
+        self.events = Counter("modq_scorer_events", "Events processed from batches", registry=registry)
+        self.outcomes = Counter("modq_scorer_outcomes", "Judged verdicts fed to drift detectors", registry=registry)
+        self.alert_changes = Counter(
+            "modq_scorer_alert_changes", "Alert state changes raised", ["status"], registry=registry
+        )
+        self.flush_failures = Counter(
+            "modq_scorer_db_write_failures", "Database writes that failed and will be retried", registry=registry
+        )
+        self.dirty_buckets = Gauge(
+            "modq_scorer_dirty_buckets", "Rate buckets awaiting a database write", registry=registry
+        )
+        self.last_processed = Gauge(
+            "modq_scorer_last_processed_timestamp_seconds", "Wall time of the last processed batch", registry=registry
+        )
+        self.lag = Histogram(
+            "modq_scorer_processing_lag_seconds",
+            "Event time to processing time of the newest event in each batch",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+            registry=registry,
+        )
+
+
+class Scorer:
+    """Builds the Faust app and holds its runtime pieces (engine, sink, dirty set, metrics)."""
+
+    def __init__(self, settings: ScorerSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = s = settings
+        self.metrics = ScorerMetrics(registry or CollectorRegistry())
+        self.engine: AsyncEngine | None = None
+        self.sink: DbSink | None = None
+        self.dirty: set[bytes] = set()
+        self.ready = False
+        self.detection = DetectionConfig(s.baseline_error_rate, s.arl0, s.resolve_threshold)
+        self.app = app = faust.App(
+            s.scorer_app_id,
+            broker=[f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(",")],
+            store=s.scorer_store,
+            topic_partitions=s.partitions,
+            web_host=s.scorer_web_host,
+            web_port=s.scorer_web_port,
+            web_in_thread=False,
+            broker_session_timeout=s.faust_session_timeout_s,
+            broker_rebalance_timeout=s.faust_rebalance_timeout_s,
+            broker_heartbeat_interval=3.0,
+            producer_acks=-1,
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            broker_credentials=None,
+        )
+        self.events_topic = app.topic(
+            s.topic_events, value_serializer="raw", key_serializer="raw", partitions=s.partitions
+        )
+        self.outcomes_topic = app.topic(
+            s.topic_outcomes, value_serializer="raw", key_serializer="raw", partitions=s.partitions
+        )
+        self.alerts_topic = app.topic(
+            s.topic_alerts, value_serializer="raw", key_serializer="raw", partitions=s.partitions
+        )
+        table_opts: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": s.partitions}
+        self.decisions = app.Table("decisions", **table_opts)
+        self.buckets = app.Table("buckets", **table_opts)
+        self.monitors = app.Table("monitors", **table_opts)
+        self._wire()
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def _wire(self) -> None:
+        app, s, m = self.app, self.settings, self.metrics
+
+        @app.agent(self.events_topic, name="score")
+        async def score(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                batch = decode_batch(event.value)
+                writes, deltas = score_batch(batch, self.decisions.get)
+                for key, value in writes.items():
+                    self.decisions[key] = value
+                for key, value in merge_buckets(event.message.partition, deltas, self.buckets.get).items():
+                    self.buckets[key] = value
+                    self.dirty.add(key)
+                for pair, payload in group_outcomes(deltas).items():
+                    await self.outcomes_topic.send(key=pair, value=payload)
+                m.batches.inc()
+                m.events.inc(len(batch))
+                m.outcomes.inc(len(deltas.outcomes))
+                now = time.time()
+                m.last_processed.set(now)
+                if batch:
+                    m.lag.observe(max(0.0, now - max(ev.t_ms for ev in batch) / 1000))
+
+        @app.agent(self.outcomes_topic, name="detect")
+        async def run_detectors(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                state, changes = detect(event.key, event.value, self.monitors.get, self.detection)
+                self.monitors[event.key] = state
+                for change in changes:
+                    m.alert_changes.labels(change.status).inc()
+                    log.warning(
+                        "alert " + change.status,
+                        extra={"alert_id": change.alert_id, "dedup_key": change.dedup_key, "summary": change.summary},
+                    )
+                    await self.alerts_topic.send(key=change.dedup_key.encode(), value=_encode_alert(change))
+
+        @app.agent(self.alerts_topic, name="record_alerts")
+        async def record_alerts(stream: faust.StreamT[bytes]) -> None:
+            async for payload in stream:
+                change = _decode_alert(payload)
+                await self._retry_db(lambda: self._sink().upsert_alert(change))
+
+        @app.timer(interval=s.flush_interval_s)
+        async def flush_buckets() -> None:
+            await self.flush()
+
+        @app.task
+        async def on_start() -> None:
+            self.engine = make_engine(s.database_url)
+            self.sink = DbSink(self.engine)
+
+        @app.on_rebalance_complete.connect
+        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+            # Whatever was recovered from the changelog may be newer than the database.
+            self.dirty.update(self.buckets.keys())
+            self.ready = True
+
+        scorer = self
+
+        @app.page("/metrics")
+        class Metrics(View):
+            async def get(self, request: Request) -> Response:
+                body = generate_latest(scorer.metrics.registry)
+                return self.bytes(body, content_type=CONTENT_TYPE_LATEST)
+
+        @app.page("/healthz")
+        class Health(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({"status": "ok"})
+
+        @app.page("/readyz")
+        class Ready(View):
+            async def get(self, request: Request) -> Response:
+                if scorer.ready:
+                    return self.json({"status": "ready"})
+                return self.json({"status": "recovering"}, status=503)
+
+    # -- database -------------------------------------------------------------------------
+
+    def _sink(self) -> DbSink:
+        if self.sink is None:
+            raise RuntimeError("database not initialised yet")
+        return self.sink
+
+    async def _retry_db(self, write: Any) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await write()
+                return
+            except Exception:
+                self.metrics.flush_failures.inc()
+                log.exception("database write failed; retrying", extra={"retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def flush(self) -> int:
+        """Upsert every changed bucket; on failure the buckets stay dirty for the next flush."""
+        if self.sink is None or not self.dirty:
+            self.metrics.dirty_buckets.set(len(self.dirty))
+            return 0
+        keys, self.dirty = self.dirty, set()
+        rows = []
+        for key in keys:
+            raw = self.buckets.get(key)
+            if raw is None:
+                continue
+            p, label, vendor, market, start_ms = decode_bucket_key(key)
+            rows.append((p, label, vendor, market, start_ms, decode_counts(raw)))
+        try:
+            written = await self.sink.upsert_buckets(rows)
+        except Exception:
+            self.dirty |= keys
+            self.metrics.flush_failures.inc()
+            log.exception("bucket flush failed; will retry", extra={"buckets": len(keys)})
+            written = 0
+        self.metrics.dirty_buckets.set(len(self.dirty))
+        return written
+
+
+def _encode_alert(change: AlertEvent) -> bytes:
+    return msgspec.json.encode(change)
+
+
+def _decode_alert(payload: bytes) -> AlertEvent:
+    return msgspec.json.decode(payload, type=AlertEvent)

@@ -1,0 +1,178 @@
+"""Joins verdicts and appeals to their decision, whichever arrives first. Pure, no I/O.
+
+State is one small record per decision_id. Every update is idempotent and independent of
+arrival order: a redelivered event changes nothing, a superseding verdict replaces the one
+it supersedes (without an explicit link the verdict with the later event time wins), so
+replaying or shuffling a stream yields the same counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from services.common.wire import WireAppeal, WireDecision, WireEvent, WireVerdict
+from services.scorer.rates import (
+    ERROR_TYPE_FIELD,
+    F_APPEALS,
+    F_DECISIONS,
+    F_ERRORS,
+    F_OVERTURNED,
+    F_UNABLE,
+    F_VERDICTS,
+    F_W_ERRORS,
+    F_W_VERDICTS,
+    BucketKey,
+    Counts,
+    bucket_start,
+    zero_counts,
+)
+
+CORRECT, INCORRECT, UNABLE = 0, 1, 2
+OVERTURNING_OUTCOMES = frozenset({1, 2})  # OVERTURNED, PARTIALLY_OVERTURNED
+
+
+class DecisionAttrs(msgspec.Struct, array_like=True):
+    policy_label: str
+    vendor_id: str
+    market: str
+    t_ms: int
+
+
+class CurrentVerdict(msgspec.Struct, array_like=True):
+    verdict_id: str
+    code: int
+    error_type: int
+    t_ms: int
+    weight: float
+    supersedes: str
+    fed: bool = False
+
+
+class DecisionState(msgspec.Struct, array_like=True):
+    """What is known of one decision: attributes (once seen), current verdict, appeals."""
+
+    attrs: DecisionAttrs | None = None
+    verdict: CurrentVerdict | None = None
+    appeals: dict[str, tuple[int, int]] | None = None  # appeal_id -> (outcome, t_ms)
+    touched_ms: int = 0
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(DecisionState)
+
+
+def encode_state(state: DecisionState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> DecisionState:
+    return _state_decoder.decode(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One judged verdict, fed to the drift detectors of its (policy_label, vendor_id) pair."""
+
+    policy_label: str
+    vendor_id: str
+    t_ms: int
+    is_error: bool
+    error_type: int
+
+
+class Deltas:
+    """Per-batch accumulator of bucket count changes and detector outcomes."""
+
+    __slots__ = ("buckets", "outcomes")
+
+    def __init__(self) -> None:
+        self.buckets: dict[BucketKey, Counts] = {}
+        self.outcomes: list[Outcome] = []
+
+    def _row(self, attrs: DecisionAttrs, t_ms: int) -> Counts:
+        key = (attrs.policy_label, attrs.vendor_id, attrs.market, bucket_start(t_ms))
+        row = self.buckets.get(key)
+        if row is None:
+            row = self.buckets[key] = zero_counts()
+        return row
+
+    def decision(self, attrs: DecisionAttrs) -> None:
+        self._row(attrs, attrs.t_ms)[F_DECISIONS] += 1
+
+    def verdict(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
+        row = self._row(attrs, v.t_ms)
+        if v.code == UNABLE:
+            row[F_UNABLE] += sign
+            return
+        row[F_VERDICTS] += sign
+        row[F_W_VERDICTS] += sign * v.weight
+        if v.code == INCORRECT:
+            row[F_ERRORS] += sign
+            row[F_W_ERRORS] += sign * v.weight
+            type_field = ERROR_TYPE_FIELD.get(v.error_type)
+            if type_field is not None:
+                row[type_field] += sign
+
+    def appeal(self, attrs: DecisionAttrs, outcome: int, t_ms: int) -> None:
+        row = self._row(attrs, t_ms)
+        row[F_APPEALS] += 1
+        if outcome in OVERTURNING_OUTCOMES:
+            row[F_OVERTURNED] += 1
+
+    def feed_detector(self, attrs: DecisionAttrs, v: CurrentVerdict) -> None:
+        """Detectors see each decision's first judged verdict once; corrections only fix counts."""
+        if v.code == UNABLE or v.fed:
+            return
+        v.fed = True
+        self.outcomes.append(Outcome(attrs.policy_label, attrs.vendor_id, v.t_ms, v.code == INCORRECT, v.error_type))
+
+
+def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
+    """True when verdict `new` should replace verdict `cur`, whatever order they came in."""
+    if new.supersedes == cur.verdict_id:
+        return True
+    if cur.supersedes == new.verdict_id:
+        return False
+    return (new.t_ms, new.verdict_id) > (cur.t_ms, cur.verdict_id)
+
+
+def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> tuple[DecisionState, bool]:
+    """Apply one wire event to a decision's state; returns (state, changed)."""
+    if state is None:
+        state = DecisionState()
+    if isinstance(ev, WireDecision):
+        if state.attrs is not None:
+            return state, False
+        attrs = state.attrs = DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, ev.t_ms)
+        deltas.decision(attrs)
+        if state.verdict is not None:
+            deltas.verdict(attrs, state.verdict, +1)
+            deltas.feed_detector(attrs, state.verdict)
+        for outcome, a_ms in (state.appeals or {}).values():
+            deltas.appeal(attrs, outcome, a_ms)
+    elif isinstance(ev, WireVerdict):
+        new = CurrentVerdict(ev.verdict_id, ev.code, ev.error_type, ev.t_ms, ev.weight, ev.supersedes)
+        cur = state.verdict
+        if cur is not None and (cur.verdict_id == new.verdict_id or not _replaces(new, cur)):
+            return state, False
+        if state.attrs is not None:
+            if cur is not None:
+                deltas.verdict(state.attrs, cur, -1)
+                new.fed = cur.fed
+            deltas.verdict(state.attrs, new, +1)
+            deltas.feed_detector(state.attrs, new)
+        elif cur is not None:
+            new.fed = cur.fed
+        state.verdict = new
+    elif isinstance(ev, WireAppeal):
+        appeals = state.appeals if state.appeals is not None else {}
+        if ev.appeal_id in appeals:
+            return state, False
+        appeals[ev.appeal_id] = (ev.outcome, ev.t_ms)
+        state.appeals = appeals
+        if state.attrs is not None:
+            deltas.appeal(state.attrs, ev.outcome, ev.t_ms)
+    state.touched_ms = max(state.touched_ms, ev.t_ms)
+    return state, True

@@ -1,0 +1,110 @@
+"""The scorer's per-batch work, free of Faust and Kafka so it can be tested and benchmarked alone.
+
+Stage 1 (partitioned by decision_id): join events to decision state, produce bucket deltas and
+detector outcomes. Stage 2 (partitioned by (policy_label, vendor_id)): run the pair's monitors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from services.common.wire import WireEvent
+from services.scorer.alerts import RULE_ERROR_RATE, AlertEvent, MonitorState, PairMonitor
+from services.scorer.join import DecisionState, Deltas, apply_event, decode_state, encode_state
+from services.scorer.rates import Counts, add_into
+
+_msgpack = msgspec.msgpack.Encoder()
+_pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
+_counts_decoder = msgspec.msgpack.Decoder(list[float])
+_bucket_key_decoder = msgspec.msgpack.Decoder(tuple[int, str, str, str, int])
+_outcomes_decoder = msgspec.msgpack.Decoder(list[tuple[int, bool, int]])
+_monitors_decoder = msgspec.msgpack.Decoder(dict[str, MonitorState])
+
+Load = Callable[[bytes], bytes | None]
+
+
+def score_batch(events: list[WireEvent], load: Load) -> tuple[dict[bytes, bytes], Deltas]:
+    """Apply a batch to decision state; returns the changed state records and the deltas."""
+    deltas = Deltas()
+    states: dict[bytes, DecisionState] = {}
+    changed: set[bytes] = set()
+    for ev in events:
+        key = ev.decision_id.encode()
+        state = states.get(key)
+        if state is None:
+            raw = load(key)
+            state = decode_state(raw) if raw is not None else None
+        state, did_change = apply_event(state, ev, deltas)
+        states[key] = state
+        if did_change:
+            changed.add(key)
+    return {k: encode_state(states[k]) for k in changed}, deltas
+
+
+def bucket_key(partition: int, label: str, vendor: str, market: str, start_ms: int) -> bytes:
+    return _msgpack.encode((partition, label, vendor, market, start_ms))
+
+
+def decode_bucket_key(raw: bytes) -> tuple[int, str, str, str, int]:
+    return _bucket_key_decoder.decode(raw)
+
+
+def decode_counts(raw: bytes) -> Counts:
+    return _counts_decoder.decode(raw)
+
+
+def merge_buckets(partition: int, deltas: Deltas, load: Load) -> dict[bytes, bytes]:
+    """New absolute bucket values after adding this batch's deltas."""
+    out: dict[bytes, bytes] = {}
+    for (label, vendor, market, start_ms), delta in deltas.buckets.items():
+        key = bucket_key(partition, label, vendor, market, start_ms)
+        raw = load(key)
+        counts = decode_counts(raw) if raw is not None else [0.0] * len(delta)
+        add_into(counts, delta)
+        out[key] = _msgpack.encode(counts)
+    return out
+
+
+def group_outcomes(deltas: Deltas) -> dict[bytes, bytes]:
+    """Detector outcomes grouped by pair: key msgpack((label, vendor)), value [(t_ms, is_error, type)]."""
+    grouped: dict[tuple[str, str], list[tuple[int, bool, int]]] = {}
+    for o in deltas.outcomes:
+        grouped.setdefault((o.policy_label, o.vendor_id), []).append((o.t_ms, o.is_error, o.error_type))
+    return {_msgpack.encode(pair): _msgpack.encode(items) for pair, items in grouped.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionConfig:
+    baseline_error_rate: float
+    arl0: float
+    resolve_threshold: float
+
+
+def detect(pair_key: bytes, payload: bytes, load: Load, cfg: DetectionConfig) -> tuple[bytes, list[AlertEvent]]:
+    """Run one pair's monitors over a group of outcomes; returns the new state and alert changes."""
+    label, vendor = _pair_key_decoder.decode(pair_key)
+    raw = load(pair_key)
+    states = _monitors_decoder.decode(raw) if raw is not None else {}
+    monitor = PairMonitor(
+        RULE_ERROR_RATE,
+        label,
+        vendor,
+        cfg.baseline_error_rate,
+        cfg.arl0,
+        cfg.resolve_threshold,
+        state=states.get(RULE_ERROR_RATE, MonitorState()),
+    )
+    events: list[AlertEvent] = []
+    for t_ms, is_error, _ in _outcomes_decoder.decode(payload):
+        change = monitor.update(is_error, t_ms)
+        if change is not None:
+            events.append(change)
+    states[RULE_ERROR_RATE] = monitor.snapshot()
+    return _msgpack.encode(states), events
+
+
+def decode_pair_key(raw: bytes) -> tuple[str, str]:
+    return _pair_key_decoder.decode(raw)

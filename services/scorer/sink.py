@@ -1,0 +1,108 @@
+"""Idempotent writes of scorer results to the database (absolute values, upserts keyed by id)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, case, not_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import alerts, rate_buckets
+from services.scorer.alerts import AlertEvent
+from services.scorer.rates import COUNT_FIELDS, Counts
+
+BucketRow = tuple[int, str, str, str, int, Counts]
+"""(partition, policy_label, vendor_id, market, bucket_start_ms, counts)."""
+
+
+def _insert(engine: AsyncEngine, table: Any) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class DbSink:
+    """Writes rate buckets and alert states; every write can be repeated without changing the result."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def upsert_buckets(self, rows: Iterable[BucketRow]) -> int:
+        now = datetime.now(tz=UTC)
+        values = [
+            {
+                "partition": p,
+                "policy_label": label,
+                "vendor_id": vendor,
+                "market": market,
+                "bucket_start": datetime.fromtimestamp(start_ms / 1000, tz=UTC),
+                "updated_at": now,
+                **{
+                    name: (counts[i] if name.startswith("weighted") else int(counts[i]))
+                    for i, name in enumerate(COUNT_FIELDS)
+                },
+            }
+            for p, label, vendor, market, start_ms, counts in rows
+        ]
+        if not values:
+            return 0
+        chunk = 500
+        async with self.engine.begin() as conn:
+            for i in range(0, len(values), chunk):
+                stmt = _insert(self.engine, rate_buckets).values(values[i : i + chunk])
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["policy_label", "vendor_id", "market", "bucket_start", "partition"],
+                    set_={name: stmt.excluded[name] for name in (*COUNT_FIELDS, "updated_at")},
+                )
+                await conn.execute(stmt)
+        return len(values)
+
+    async def upsert_alert(self, event: AlertEvent) -> None:
+        row = {
+            "alert_id": event.alert_id,
+            "dedup_key": event.dedup_key,
+            "rule": event.rule,
+            "policy_label": event.policy_label,
+            "vendor_id": event.vendor_id,
+            "error_type": event.error_type,
+            "status": event.status,
+            "started_at": parse_ts(event.started_at),
+            "onset_at": parse_ts(event.onset_at),
+            "resolved_at": parse_ts(event.resolved_at),
+            "baseline_rate": event.baseline_rate,
+            "observed_rate": event.observed_rate,
+            "ci_low": event.ci_low,
+            "ci_high": event.ci_high,
+            "verdicts": event.verdicts,
+            "errors": event.errors,
+            "statistic": event.statistic,
+            "threshold": event.threshold,
+            "summary": event.summary,
+            "updated_at": datetime.now(tz=UTC),
+        }
+        stmt = _insert(self.engine, alerts).values(row)
+        ex = stmt.excluded
+        # A replayed "firing" never reopens a resolved alert; an acknowledgement survives updates.
+        stale = and_(alerts.c.status == "resolved", ex.status != "resolved")
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["alert_id"],
+            set_={
+                **{k: ex[k] for k in row if k not in ("alert_id", "status", "started_at", "onset_at")},
+                "status": case(
+                    (ex.status == "resolved", "resolved"),
+                    (alerts.c.status == "acknowledged", "acknowledged"),
+                    else_=ex.status,
+                ),
+            },
+            where=not_(stale),
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
