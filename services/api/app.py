@@ -103,6 +103,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(400, "invalid cursor") from None
 
 
+def get_engine(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
+
+
 def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None) -> FastAPI:
     registry = registry or CollectorRegistry()
     requests = Counter("modq_api_requests", "API requests", ["route", "code"], registry=registry)
@@ -128,12 +136,6 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         description="Moderation quality: error rates with confidence intervals, drift alerts.",
         lifespan=lifespan,
     )
-
-    def get_engine(request: Request) -> AsyncEngine:
-        engine: AsyncEngine = request.app.state.engine
-        return engine
-
-    EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 
     @app.middleware("http")
     async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]

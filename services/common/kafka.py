@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
@@ -21,10 +22,8 @@ async def ensure_topics(settings: CommonSettings, topics: dict[str, int]) -> Non
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics", extra={"topics": [t.name for t in missing]})
     finally:
         await admin.close()

@@ -49,11 +49,12 @@ def validate_record(
         return Rejected("invalid_json", str(exc))
     if to_ms(event) > now_ms + max_future_skew_ms:
         return Rejected("future_event_time", f"event_time {event.event_time.isoformat()} is in the future")
-    if isinstance(event, Verdict) and (event.verdict == "CORRECT") != (event.error_type == "NONE"):
-        if event.verdict != "UNABLE_TO_JUDGE":
-            return Rejected(
-                "inconsistent", f"verdict {event.verdict} does not agree with error_type {event.error_type}"
-            )
+    if (
+        isinstance(event, Verdict)
+        and event.verdict != "UNABLE_TO_JUDGE"
+        and (event.verdict == "CORRECT") != (event.error_type == "NONE")
+    ):
+        return Rejected("inconsistent", f"verdict {event.verdict} does not agree with error_type {event.error_type}")
     return event
 
 

@@ -104,10 +104,9 @@ class Scorer:
         self.alerts_topic = app.topic(
             s.topic_alerts, value_serializer="raw", key_serializer="raw", partitions=s.partitions
         )
-        table_opts: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw", "partitions": s.partitions}
-        self.decisions = app.Table("decisions", **table_opts)
-        self.buckets = app.Table("buckets", **table_opts)
-        self.monitors = app.Table("monitors", **table_opts)
+        self.decisions = _raw_table(app, "decisions", s.partitions)
+        self.buckets = _raw_table(app, "buckets", s.partitions)
+        self.monitors = _raw_table(app, "monitors", s.partitions)
         self._wire()
 
     # -- agents ---------------------------------------------------------------------------
@@ -152,7 +151,7 @@ class Scorer:
         async def record_alerts(stream: faust.StreamT[bytes]) -> None:
             async for payload in stream:
                 change = _decode_alert(payload)
-                await self._retry_db(lambda: self._sink().upsert_alert(change))
+                await self._retry_db(lambda change=change: self._sink().upsert_alert(change))
 
         @app.timer(interval=s.flush_interval_s)
         async def flush_buckets() -> None:
@@ -162,6 +161,9 @@ class Scorer:
         async def on_start() -> None:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
+            # Table writes queue changelog records; Faust pauses the stream past 100 of them,
+            # which a batch of a few thousand events always exceeds.
+            app.producer.buffer.max_messages = 20_000
 
         @app.on_rebalance_complete.connect
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
@@ -230,6 +232,16 @@ class Scorer:
             written = 0
         self.metrics.dirty_buckets.set(len(self.dirty))
         return written
+
+
+def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    """A table of bytes keys and values: our own codecs (msgpack) run inside the pure pipeline."""
+    table = app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions)
+    # Faust derives serializers from model types only; the changelog and store are created
+    # lazily from these attributes, so setting them here makes both raw.
+    table.key_serializer = "raw"
+    table.value_serializer = "raw"
+    return table
 
 
 def _encode_alert(change: AlertEvent) -> bytes:
