@@ -1,0 +1,61 @@
+"""Event factories shared by the tests: valid upstream events as dicts, overridable per field."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+_seq = itertools.count()
+BASE = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def ts(seconds: float = 0) -> str:
+    return (BASE + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def decision(decision_id: str | None = None, **over: object) -> dict[str, object]:
+    n = next(_seq)
+    decision_id = decision_id or f"dec-{n}"
+    doc: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": f"ev-d-{decision_id}",
+        "event_time": ts(0),
+        "decision_id": decision_id,
+        "policy_label": "SCAMS_AND_FRAUD",
+        "vendor_id": "V01",
+        "market": "DE",
+        "action": "REMOVE",
+        "actor_type": "HUMAN",
+        "entity_type": "LISTING",
+        "entity_id": f"listing-{n}",
+    }
+    doc.update(over)
+    return doc
+
+
+def verdict(decision_id: str, error: bool = False, **over: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": f"ev-v-{decision_id}",
+        "event_time": ts(60),
+        "verdict_id": f"ver-{decision_id}",
+        "decision_id": decision_id,
+        "reviewer_id": "qa-1",
+        "verdict": "INCORRECT" if error else "CORRECT",
+        "error_type": "OVER_ENFORCEMENT" if error else "NONE",
+    }
+    doc.update(over)
+    return doc
+
+
+def appeal(decision_id: str, outcome: str = "OVERTURNED", **over: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": f"ev-a-{decision_id}",
+        "event_time": ts(120),
+        "appeal_id": f"app-{decision_id}",
+        "decision_id": decision_id,
+        "outcome": outcome,
+    }
+    doc.update(over)
+    return doc

@@ -1,0 +1,96 @@
+"""schemas/*.json is the contract; the msgspec structs must agree with it field by field."""
+
+from __future__ import annotations
+
+import json
+import typing
+from pathlib import Path
+
+import jsonschema
+import msgspec
+import pytest
+
+from services.common.events import Appeal, Decision, Verdict
+from services.ingest.validate import Rejected, validate_record
+from tests import factories
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+CASES = [("decision", Decision, "decision.v1.json"), ("verdict", Verdict, "verdict.v1.json"), ("appeal", Appeal, "appeal.v1.json")]
+NOW_MS = 1_900_000_000_000
+
+
+def _load(name: str) -> dict[str, typing.Any]:
+    return json.loads((SCHEMAS / name).read_text())
+
+
+def _enum(prop: dict[str, typing.Any]) -> set[str] | None:
+    if "enum" in prop:
+        return {e for e in prop["enum"] if e is not None}
+    return None
+
+
+def _struct_enums(tp: type) -> dict[str, set[str]]:
+    """Enum values per field, read from the Literal annotations of the struct."""
+    out: dict[str, set[str]] = {}
+    hints = typing.get_type_hints(tp, include_extras=True)
+    for name, hint in hints.items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) else (hint,)
+        for arg in args:
+            if typing.get_origin(arg) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(arg)):
+                out[name] = set(typing.get_args(arg))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "tp", "schema_file"), CASES)
+def test_fields_required_and_enums_agree(kind: str, tp: type[msgspec.Struct], schema_file: str) -> None:
+    schema = _load(schema_file)
+    info = msgspec.inspect.type_info(tp)
+    assert isinstance(info, msgspec.inspect.StructType)
+    assert {f.name for f in info.fields} == set(schema["properties"])
+    assert {f.name for f in info.fields if f.required} == set(schema["required"])
+    schema_enums = {k: e for k, p in schema["properties"].items() if (e := _enum(p)) is not None}
+    assert _struct_enums(tp) == schema_enums
+
+
+@pytest.mark.parametrize(("kind", "tp", "schema_file"), CASES)
+def test_length_limits_agree(kind: str, tp: type[msgspec.Struct], schema_file: str) -> None:
+    schema = _load(schema_file)
+    info = msgspec.inspect.type_info(tp)
+    assert isinstance(info, msgspec.inspect.StructType)
+    for f in info.fields:
+        prop = schema["properties"][f.name]
+        types = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
+        strings = [t for t in types if isinstance(t, msgspec.inspect.StrType)]
+        if strings:
+            assert strings[0].max_length == prop.get("maxLength"), f.name
+            assert (strings[0].min_length or None) == prop.get("minLength"), f.name
+
+
+def _samples(kind: str) -> list[dict[str, typing.Any]]:
+    optional = {
+        "decision": {"queue_id": "q1", "model_version": "m-3", "automated_decision": "PARTIALLY", "content_language": "de"},
+        "verdict": {"inclusion_probability": 0.25, "error_severity": "MAJOR", "qa_tier": "GOLDEN", "supersedes_verdict_id": "v0"},
+        "appeal": {"filed_at": factories.ts(10), "reversal_action": "REINSTATED", "channel": "app"},
+    }[kind]
+    make = {"decision": factories.decision, "verdict": factories.verdict, "appeal": factories.appeal}[kind]
+    good = {**make("d1"), **optional}
+    bad: list[dict[str, typing.Any]] = []
+    for field in list(good):
+        missing = dict(good)
+        del missing[field]
+        bad.append(missing)
+        for wrong in (None, 12345, 0.5, 2.0, True, "NOT_AN_ENUM_VALUE", "", "x" * 200, [], {}):
+            mutated = dict(good)
+            mutated[field] = wrong
+            bad.append(mutated)
+    return [good, *bad]
+
+
+@pytest.mark.parametrize(("kind", "tp", "schema_file"), CASES)
+def test_schema_and_code_accept_and_reject_the_same_documents(kind: str, tp: type, schema_file: str) -> None:
+    validator = jsonschema.Draft202012Validator(_load(schema_file), format_checker=jsonschema.FormatChecker())
+    for doc in _samples(kind):
+        by_schema = validator.is_valid(doc)
+        result = validate_record(kind, json.dumps(doc).encode(), now_ms=NOW_MS, max_bytes=65536, max_future_skew_ms=0)
+        by_code = not isinstance(result, Rejected) or result.reason == "inconsistent"
+        assert by_schema == by_code, (doc, result)
