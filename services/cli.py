@@ -81,6 +81,16 @@ def _scorer(args: argparse.Namespace) -> int:
     except SchemaOutOfDate as exc:
         log.error(str(exc))
         return 2
+    from services.common.kafka import ensure_topics
+
+    # Declared up front with the configured partition count: Faust checks that every table's
+    # changelog has as many partitions as its source topic.
+    asyncio.run(
+        ensure_topics(
+            settings,
+            {t: settings.partitions for t in (settings.topic_events, settings.topic_outcomes, settings.topic_alerts)},
+        )
+    )
     scorer = Scorer(settings)
     worker = Worker(scorer.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

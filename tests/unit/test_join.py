@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import msgspec
 import orjson
 
 from services.common.events import EVENT_TYPES
@@ -11,8 +12,6 @@ from services.common.wire import WireEvent, decode_batch, encode_batch, encode_e
 from services.scorer.pipeline import score_batch
 from services.scorer.rates import COUNT_FIELDS, F_APPEALS, F_DECISIONS, F_ERRORS, F_OVER, F_OVERTURNED, F_VERDICTS
 from tests import factories
-
-import msgspec
 
 
 def wire(kind: str, doc: dict[str, object]) -> WireEvent:
@@ -40,7 +39,9 @@ KEY = ("SCAMS_AND_FRAUD", "V01", "DE")
 
 
 def test_verdict_before_decision_is_joined_when_the_decision_arrives() -> None:
-    totals, fed = run([wire("verdict", factories.verdict("d1", error=True)), wire("decision", factories.decision("d1"))], 1)
+    totals, fed = run(
+        [wire("verdict", factories.verdict("d1", error=True)), wire("decision", factories.decision("d1"))], 1
+    )
     row = totals[KEY]
     assert (row[F_DECISIONS], row[F_VERDICTS], row[F_ERRORS], row[F_OVER]) == (1, 1, 1, 1)
     assert fed == [True]
@@ -63,7 +64,9 @@ def test_redelivered_events_count_once() -> None:
 
 def test_superseding_verdict_replaces_the_earlier_one_in_either_order() -> None:
     first = factories.verdict("d1", error=True, verdict_id="v1", event_id="e1")
-    second = factories.verdict("d1", error=False, verdict_id="v2", event_id="e2", supersedes_verdict_id="v1", event_time=factories.ts(30))
+    second = factories.verdict(
+        "d1", error=False, verdict_id="v2", event_id="e2", supersedes_verdict_id="v1", event_time=factories.ts(30)
+    )
     for order in ([first, second], [second, first]):
         totals, _ = run([wire("decision", factories.decision("d1"))] + [wire("verdict", v) for v in order], 1)
         assert (totals[KEY][F_VERDICTS], totals[KEY][F_ERRORS]) == (1, 0), order
@@ -83,7 +86,14 @@ def test_shuffled_and_duplicated_stream_gives_the_same_counts() -> None:
         if n % 2:
             events.append(wire("verdict", factories.verdict(did, error=n % 7 == 0)))
         if n % 11 == 0:
-            events.append(wire("verdict", factories.verdict(did, error=True, verdict_id=f"late-{did}", event_id=f"le-{did}", event_time=factories.ts(600))))
+            events.append(
+                wire(
+                    "verdict",
+                    factories.verdict(
+                        did, error=True, verdict_id=f"late-{did}", event_id=f"le-{did}", event_time=factories.ts(600)
+                    ),
+                )
+            )
         if n % 5 == 0:
             events.append(wire("appeal", factories.appeal(did)))
     clean, _ = run(events, 50)

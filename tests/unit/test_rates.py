@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.scorer.rates import RateSummary, wilson_interval, zero_counts, F_VERDICTS, F_ERRORS
+from services.scorer.rates import F_ERRORS, F_VERDICTS, RateSummary, wilson_interval, zero_counts
 
 
 def test_wilson_zero_of_thirty_upper_bound_is_about_eleven_percent() -> None:

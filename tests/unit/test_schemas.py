@@ -15,7 +15,11 @@ from services.ingest.validate import Rejected, validate_record
 from tests import factories
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-CASES = [("decision", Decision, "decision.v1.json"), ("verdict", Verdict, "verdict.v1.json"), ("appeal", Appeal, "appeal.v1.json")]
+CASES = [
+    ("decision", Decision, "decision.v1.json"),
+    ("verdict", Verdict, "verdict.v1.json"),
+    ("appeal", Appeal, "appeal.v1.json"),
+]
 NOW_MS = 1_900_000_000_000
 
 
@@ -34,7 +38,11 @@ def _struct_enums(tp: type) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     hints = typing.get_type_hints(tp, include_extras=True)
     for name, hint in hints.items():
-        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) else (hint,)
+        args = (
+            typing.get_args(hint)
+            if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType)
+            else (hint,)
+        )
         for arg in args:
             if typing.get_origin(arg) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(arg)):
                 out[name] = set(typing.get_args(arg))
@@ -68,8 +76,18 @@ def test_length_limits_agree(kind: str, tp: type[msgspec.Struct], schema_file: s
 
 def _samples(kind: str) -> list[dict[str, typing.Any]]:
     optional = {
-        "decision": {"queue_id": "q1", "model_version": "m-3", "automated_decision": "PARTIALLY", "content_language": "de"},
-        "verdict": {"inclusion_probability": 0.25, "error_severity": "MAJOR", "qa_tier": "GOLDEN", "supersedes_verdict_id": "v0"},
+        "decision": {
+            "queue_id": "q1",
+            "model_version": "m-3",
+            "automated_decision": "PARTIALLY",
+            "content_language": "de",
+        },
+        "verdict": {
+            "inclusion_probability": 0.25,
+            "error_severity": "MAJOR",
+            "qa_tier": "GOLDEN",
+            "supersedes_verdict_id": "v0",
+        },
         "appeal": {"filed_at": factories.ts(10), "reversal_action": "REINSTATED", "channel": "app"},
     }[kind]
     make = {"decision": factories.decision, "verdict": factories.verdict, "appeal": factories.appeal}[kind]

@@ -47,5 +47,9 @@ def test_verdict_must_agree_with_its_error_type() -> None:
 
 
 def test_valid_events_pass_and_unknown_fields_are_ignored() -> None:
-    for kind, doc in (("decision", factories.decision("d")), ("verdict", factories.verdict("d")), ("appeal", factories.appeal("d"))):
+    for kind, doc in (
+        ("decision", factories.decision("d")),
+        ("verdict", factories.verdict("d")),
+        ("appeal", factories.appeal("d")),
+    ):
         assert not isinstance(check(kind, orjson.dumps({**doc, "x_extra": 1})), Rejected)

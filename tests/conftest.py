@@ -1,0 +1,148 @@
+"""Fixtures that start real parts once per session: the Kafka-protocol broker and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.common.broker import start_broker
+
+PG_ADMIN_DSN = os.environ.get("MODQ_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Tansu broker on a free loopback port for the whole session (or MODQ_TEST_KAFKA)."""
+    if external := os.environ.get("MODQ_TEST_KAFKA"):
+        yield external
+        return
+    port = free_port()
+    proc = start_broker(port, tmp_path_factory.mktemp("broker") / "broker.log")
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"modq_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    """Topic names, app id and group id of one test, so tests never see each other's data."""
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "MODQ_TOPIC_DECISIONS": f"{tag}.decisions",
+        "MODQ_TOPIC_VERDICTS": f"{tag}.verdicts",
+        "MODQ_TOPIC_APPEALS": f"{tag}.appeals",
+        "MODQ_TOPIC_ALERTS": f"{tag}.alerts",
+        "MODQ_TOPIC_DEADLETTER": f"{tag}.deadletter",
+        "MODQ_TOPIC_EVENTS": f"{tag}.events",
+        "MODQ_TOPIC_OUTCOMES": f"{tag}.outcomes",
+        "MODQ_SCORER_APP_ID": f"scorer-{tag}",
+        "MODQ_INGEST_GROUP_ID": f"ingest-{tag}",
+    }
+
+
+class Service:
+    """A modq service running as a real child process (so it can be killed like one)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log = args, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *self.args], env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
+        return self
+
+    def stop(self, kill: bool = False) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def service_env(kafka_bootstrap: str, names: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODQ_")}
+    env.update(names)
+    env.update(
+        {
+            "MODQ_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "MODQ_PARTITIONS": "2",
+            "MODQ_SCORER_WEB_PORT": str(free_port()),
+            "MODQ_FAUST_SESSION_TIMEOUT_S": "10",
+            "MODQ_FAUST_REBALANCE_TIMEOUT_S": "10",
+            "MODQ_FLUSH_INTERVAL_S": "0.5",
+            "MODQ_LOG_LEVEL": "INFO",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[object]:
+    started: list[Service] = []
+
+    def _spawn(args: list[str], env: dict[str, str], name: str) -> Service:
+        svc = Service(args, env, tmp_path / f"{name}.log").start()
+        started.append(svc)
+        return svc
+
+    yield _spawn
+    for svc in started:
+        svc.stop()
+
+
+async def eventually(check, timeout: float = 90.0, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    """Poll an async check until it returns a truthy value; returns it, or fails with the last value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")

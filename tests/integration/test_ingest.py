@@ -1,0 +1,103 @@
+"""Ingest against the real broker: validation, dead-lettering with reasons, dedup, HTTP batches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+
+import httpx
+import orjson
+import pytest
+
+from services.common.config import IngestSettings
+from services.common.wire import WireDecision, WireVerdict, decode_batch
+from services.ingest.http import create_ingest_app
+from services.ingest.service import IngestService
+from tests import factories
+from tests.kafkautil import consume_all, produce
+
+pytestmark = pytest.mark.integration
+
+
+def settings(service_env: dict[str, str]) -> IngestSettings:
+    env = {k: v for k, v in service_env.items() if k.startswith("MODQ_")}
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return IngestSettings()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+async def run_for(service: IngestService, seconds: float) -> None:
+    task = asyncio.create_task(service.run())
+    await asyncio.sleep(seconds)
+    await service.stop()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_pass_once(service_env: dict[str, str]) -> None:
+    s = settings(service_env)
+    service = IngestService(s)
+    await service.start()
+    good = [factories.decision(f"g{i}") for i in range(50)]
+    verdicts = [factories.verdict(f"g{i}", error=i % 5 == 0) for i in range(50)]
+    bad = [
+        (s.topic_decisions, b"{broken"),
+        (s.topic_decisions, orjson.dumps({**factories.decision("b1"), "action": "NUKE"})),
+        (s.topic_verdicts, orjson.dumps({**factories.verdict("b2"), "schema_version": 9})),
+        (s.topic_appeals, b"x" * (s.max_record_bytes + 1)),
+        (s.topic_verdicts, b"\xff\xfe\xfd"),
+    ]
+    records: list[tuple[str, bytes | None, bytes]] = []
+    for i, d in enumerate(good):
+        records.append((s.topic_decisions, None, orjson.dumps(d)))
+        records.append((s.topic_verdicts, None, orjson.dumps(verdicts[i])))
+        if i < len(bad):
+            records.append((bad[i][0], b"k", bad[i][1]))
+    records += [(s.topic_decisions, None, orjson.dumps(d)) for d in good[:10]]  # redelivered
+    await produce(s.kafka_bootstrap_servers, records)
+    await run_for(service, 6)
+
+    batches = await consume_all(s.kafka_bootstrap_servers, s.topic_events, 1)
+    events = [ev for rec in batches for ev in decode_batch(rec.value)]
+    assert Counter(type(e) for e in events) == {WireDecision: 50, WireVerdict: 50}
+    assert len({e.event_id for e in events}) == 100
+
+    dead = await consume_all(s.kafka_bootstrap_servers, s.topic_deadletter, len(bad))
+    reasons = sorted(dict(r.headers)["modq.reason"].decode() for r in dead)
+    assert reasons == sorted(["invalid_json", "schema", "unsupported_schema_version", "oversized", "invalid_json"])
+    assert {r.value for r in dead} == {b for _, b in bad}  # original bytes kept
+    assert all(dict(r.headers)["modq.detail"] for r in dead)
+    assert (
+        service.metrics.registry.get_sample_value(
+            "modq_ingest_events_total", {"type": "decision", "outcome": "duplicate"}
+        )
+        == 10
+    )
+
+
+async def test_http_batch_accepts_valid_events_and_reports_invalid_ones(service_env: dict[str, str]) -> None:
+    s = settings(service_env)
+    service = IngestService(s)
+    await service.start()
+    try:
+        app = create_ingest_app(service)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
+            body = [factories.decision("h1"), {**factories.decision("h2"), "market": None}, factories.decision("h3")]
+            resp = await client.post("/v1/events/decisions", json=body)
+            assert resp.status_code == 200
+            result = resp.json()
+            assert result["accepted"] == 2
+            assert [(r["index"], r["reason"]) for r in result["rejected"]] == [(1, "schema")]
+            assert "market" in result["rejected"][0]["detail"]
+            assert (await client.post("/v1/events/decisions", content=b"{")).status_code == 400
+            assert (await client.post("/v1/events/decisions", json={"a": 1})).status_code == 400
+            assert (await client.post("/v1/events/nope", json=[])).status_code == 422
+    finally:
+        await service.stop()
+    raw = await consume_all(s.kafka_bootstrap_servers, s.topic_decisions, 2)
+    assert sorted(orjson.loads(r.value)["decision_id"] for r in raw) == ["h1", "h3"]
