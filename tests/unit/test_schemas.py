@@ -112,3 +112,20 @@ def test_schema_and_code_accept_and_reject_the_same_documents(kind: str, tp: typ
         result = validate_record(kind, json.dumps(doc).encode(), now_ms=NOW_MS, max_bytes=65536, max_future_skew_ms=0)
         by_code = not isinstance(result, Rejected) or result.reason == "inconsistent"
         assert by_schema == by_code, (doc, result)
+
+
+def test_alert_events_validate_against_the_published_schema() -> None:
+    import random
+
+    from services.scorer.alerts import AlertEvent, PairMonitor
+
+    m = PairMonitor("error_rate", "SCAMS_AND_FRAUD", "V01", 0.03, 10_000, 4.0)
+    rng = random.Random(4)
+    events: list[AlertEvent] = []
+    for i in range(4000):
+        if (ev := m.update(rng.random() < (0.2 if i < 2000 else 0.01), i * 1000)) is not None:
+            events.append(ev)
+    assert [e.status for e in events] == ["firing", "resolved"]
+    validator = jsonschema.Draft202012Validator(_load("alert.v1.json"), format_checker=jsonschema.FormatChecker())
+    for ev in events:
+        validator.validate(json.loads(msgspec.json.encode(ev)))
