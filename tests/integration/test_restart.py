@@ -1,0 +1,49 @@
+"""State survives a crash: kill -9 the scorer mid-stream, restart it, and the counts are exact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import Service, eventually, free_port
+from tests.kafkautil import produce
+from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+
+pytestmark = pytest.mark.integration
+
+
+async def test_scorer_killed_mid_stream_recovers_its_state(
+    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service]
+) -> None:
+    api_port = free_port()
+    env = {**service_env, "MODQ_DATABASE_URL": database_url}
+    scorer = spawn(["scorer"], env, "scorer-1")
+    spawn(["ingest", "--port", str(free_port())], env, "ingest")
+    spawn(["api", "--port", str(api_port)], env, "api")
+    traffic = Traffic(env)
+    bootstrap = env["MODQ_KAFKA_BOOTSTRAP_SERVERS"]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
+        await eventually(lambda: api_ready(client), 60)
+        # Decisions first, so their state must survive the crash for the verdicts to join.
+        first = traffic.phase(DRIFT, 800, 33, 0) + traffic.phase(STABLE, 800, 33, 0)
+        decisions = [r for r in first if r[0] == env["MODQ_TOPIC_DECISIONS"]]
+        rest = [r for r in first if r[0] != env["MODQ_TOPIC_DECISIONS"]]
+        await produce(bootstrap, decisions)
+
+        async def some_decisions_counted() -> bool:
+            got = await client.get("/v1/rates", params={"window": "24h", "as_of": "2026-11-01T18:00:00Z"})
+            return got.status_code == 200 and sum(i["decisions"] for i in got.json()["items"]) > 0
+
+        await eventually(some_decisions_counted, 120)
+        await asyncio.sleep(1.0)
+        assert scorer.stop(kill=True) == -9
+        await produce(bootstrap, rest)  # verdicts and appeals arrive while the scorer is down
+        spawn(["scorer"], env, "scorer-2")
+        await eventually(lambda: matches(client, traffic), 180)
+        await produce(bootstrap, traffic.phase(DRIFT, 400, 5, 3600))
+        firing = await eventually(lambda: alerts(client, status="firing"), 120)
+        assert [(a["policy_label"], a["vendor_id"]) for a in firing] == [DRIFT[:2]]
+        await eventually(lambda: matches(client, traffic), 60)
