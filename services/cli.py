@@ -70,7 +70,7 @@ def _scorer(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from services.common.config import ScorerSettings
-    from services.common.logging import configure_logging
+    from services.common.logging import configure_logging, json_logging_config
     from services.common.migrate import SchemaOutOfDate
     from services.scorer.app import Scorer
 
@@ -92,7 +92,13 @@ def _scorer(args: argparse.Namespace) -> int:
         )
     )
     scorer = Scorer(settings)
-    worker = Worker(scorer.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = Worker(
+        scorer.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        logging_config=json_logging_config(settings.log_level),
+    )
     worker.execute_from_commandline()
     return 0
 

@@ -36,3 +36,15 @@ def configure_logging(level: str = "INFO", service: str = "modq") -> None:
     for noisy in ("aiokafka", "faust", "mode", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("modq").info("logging configured", extra={"service": service})
+
+
+def json_logging_config(level: str = "INFO") -> dict[str, object]:
+    """dictConfig for frameworks that set up logging themselves (Faust's worker)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {name: {"level": "WARNING"} for name in ("aiokafka", "faust", "mode", "faust.transport.producer")},
+    }

@@ -177,7 +177,8 @@ class Scorer:
         class Metrics(View):
             async def get(self, request: Request) -> Response:
                 body = generate_latest(scorer.metrics.registry)
-                return self.bytes(body, content_type=CONTENT_TYPE_LATEST)
+                # aiohttp refuses a charset inside content_type; Prometheus text is UTF-8 anyway.
+                return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
         @app.page("/healthz")
         class Health(View):

@@ -65,4 +65,9 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
     dead = await consume_all(bootstrap, env["MODQ_TOPIC_DEADLETTER"], 1)
     assert dead and {dict(r.headers)["modq.reason"] for r in dead} == {b"schema"}
     assert scorer.proc is not None and scorer.proc.poll() is None, scorer.output()[-3000:]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['MODQ_SCORER_WEB_PORT']}") as web:
+        assert (await web.get("/readyz")).status_code == 200
+        metrics = await web.get("/metrics")
+        assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+        assert 'modq_scorer_alert_changes_total{status="firing"} 1.0' in metrics.text
     assert api.proc is not None and api.proc.poll() is None
