@@ -55,6 +55,12 @@ def run_dev(args: argparse.Namespace) -> int:
     api = f"http://127.0.0.1:{args.api_port}"
     env.setdefault("MODQ_PUBLIC_API_URL", api)
     env.setdefault("MODQ_PARTITIONS", "4")
+    # The simulator's pairs run at the SLA rates, so dev monitors start at once from them
+    # (production default: baselines learned per pair, ARL0 from the fleet false-alert budget).
+    env.setdefault("MODQ_BASELINE_MODE", "sla")
+    env.setdefault("MODQ_ARL0", "100000")
+    env.setdefault("MODQ_BASELINE_OVER_ENFORCEMENT_RATE", "0.02")
+    env.setdefault("MODQ_BASELINE_UNDER_ENFORCEMENT_RATE", "0.02")
     interrupted = False
     try:
         if subprocess.call([sys.executable, "-m", "services.cli", "migrate"], env=env, stdout=subprocess.DEVNULL) != 0:

@@ -116,6 +116,10 @@ def service_env(kafka_bootstrap: str, names: dict[str, str]) -> dict[str, str]:
             "MODQ_FAUST_SESSION_TIMEOUT_S": "10",
             "MODQ_FAUST_REBALANCE_TIMEOUT_S": "10",
             "MODQ_FLUSH_INTERVAL_S": "0.5",
+            "MODQ_BASELINE_MODE": "sla",
+            "MODQ_ARL0": "100000",
+            "MODQ_BASELINE_OVER_ENFORCEMENT_RATE": "0.02",
+            "MODQ_BASELINE_UNDER_ENFORCEMENT_RATE": "0.02",
             "MODQ_LOG_LEVEL": "INFO",
         }
     )

@@ -9,6 +9,7 @@ import orjson
 
 from tests import factories
 
+ERROR_TYPES = ("OVER_ENFORCEMENT", "UNDER_ENFORCEMENT", "WRONG_LABEL")
 DRIFT = ("SCAMS_AND_FRAUD", "V01", "DE")
 STABLE = ("VIOLENCE", "V02", "FR")
 AS_OF = factories.ts(6 * 3600)
@@ -37,6 +38,8 @@ class Traffic:
                 did, policy_label=label, vendor_id=vendor, market=market, event_time=factories.ts(t0 + i)
             )
             v = factories.verdict(did, error=error, event_time=factories.ts(t0 + i + 30))
+            if error:
+                v["error_type"] = ERROR_TYPES[self.n % len(ERROR_TYPES)]
             recs = [
                 (self.env["MODQ_TOPIC_DECISIONS"], did.encode(), orjson.dumps(d)),
                 (self.env["MODQ_TOPIC_VERDICTS"], did.encode(), orjson.dumps(v)),

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ApiSettings
 from services.common.db import alerts, make_engine, rate_buckets
+from services.common.kafka import make_producer
 from services.common.migrate import ensure_schema
+from services.scorer.pipeline import Rebaseline, encode_rebaseline, pair_key
 from services.scorer.rates import COUNT_FIELDS, WINDOWS_MS, RateSummary
 
 log = logging.getLogger("modq.api")
@@ -81,6 +85,18 @@ class AlertList(BaseModel):
     next_cursor: str | None = None
 
 
+class RebaselineRequest(BaseModel):
+    rule: Literal["error_rate", "over_enforcement", "under_enforcement"] | None = Field(
+        None, description="one rule, or every rule of the pair when omitted"
+    )
+    rate: float | None = Field(None, gt=0, lt=1, description="the new baseline; learned again from now when omitted")
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    detail: str
+
+
 class AckRequest(BaseModel):
     by: str = Field(..., min_length=1, max_length=128, description="who acknowledges (a handle, not an email)")
 
@@ -122,6 +138,8 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         registry=registry,
     )
 
+    producer: dict[str, AIOKafkaProducer] = {}  # started on first use: the API must run without Kafka
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
@@ -129,6 +147,8 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         app.state.engine = engine
         yield
         await engine.dispose()
+        if "p" in producer:
+            await producer["p"].stop()
 
     app = FastAPI(
         title="modq",
@@ -221,12 +241,14 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         status: AlertStatus | None = None,
         policy_label: str | None = None,
         vendor_id: str | None = None,
+        rule: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
         cursor: str | None = Query(None, description="next_cursor of the previous page"),
     ) -> AlertList:
         """Alert history, newest first, keyset-paginated."""
         stmt = select(alerts).order_by(alerts.c.started_at.desc(), alerts.c.alert_id.desc()).limit(limit + 1)
-        for col, value in (("status", status), ("policy_label", policy_label), ("vendor_id", vendor_id)):
+        filters = (("status", status), ("policy_label", policy_label), ("vendor_id", vendor_id), ("rule", rule))
+        for col, value in filters:
             if value is not None:
                 stmt = stmt.where(alerts.c[col] == value)
         if cursor:
@@ -264,6 +286,28 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         if row is None:
             raise HTTPException(404, f"no alert {alert_id}")
         return _alert_item(dict(row))
+
+    @app.post("/v1/pairs/{policy_label}/{vendor_id}/rebaseline", response_model=Accepted, status_code=202)
+    async def rebaseline(policy_label: str, vendor_id: str, body: RebaselineRequest) -> Accepted:
+        """Re-baseline a pair's monitors: set the rate, or learn it again from now on.
+
+        The request travels to the scorer on the pair's own partition, after the verdicts already queued.
+        """
+        if "p" not in producer:
+            p = make_producer(settings)
+            try:
+                await p.start()
+            except KafkaError:
+                raise HTTPException(503, "Kafka unavailable, retry later") from None
+            producer["p"] = p
+        request = Rebaseline(rule=body.rule, rate=body.rate, t_ms=int(time.time() * 1000))
+        await (
+            await producer["p"].send(
+                settings.topic_outcomes, encode_rebaseline(request), key=pair_key(policy_label, vendor_id)
+            )
+        )
+        what = f"baseline {body.rate:.2%}" if body.rate is not None else "learning the baseline again"
+        return Accepted(detail=f"{policy_label} / {vendor_id} ({body.rule or 'all rules'}): {what}")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

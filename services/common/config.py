@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from services.scorer.alerts import MonitorPolicy
 
 DEV_DATABASE_URL = "sqlite+aiosqlite:///./.modq-dev/modq.db"
 
@@ -77,9 +82,39 @@ class ScorerSettings(CommonSettings):
     scorer_web_host: str = "127.0.0.1"
     scorer_web_port: int = 6066
     scorer_store: str = "memory://"
-    baseline_error_rate: float = Field(0.03, gt=0, lt=1)
-    arl0: float = Field(100_000, gt=10)
+    baseline_mode: Literal["learned", "sla"] = "learned"
+    baseline_error_rate: float = Field(0.03, gt=0, lt=1, description="SLA rate, and the prior while learning")
+    baseline_over_enforcement_rate: float = Field(0.015, gt=0, lt=1)
+    baseline_under_enforcement_rate: float = Field(0.01, gt=0, lt=1)
+    baseline_verdicts: int = Field(10_000, ge=100, description="verdicts a learned baseline is frozen after")
+    baseline_min_verdicts: int = Field(1_000, ge=0, description="verdicts before a learning pair is monitored")
+    baseline_prior_strength: float = Field(200, ge=0, description="pseudo-verdicts of the prior while learning")
+    arl0: float | None = Field(None, gt=10, description="fixed ARL0 per monitor; unset: from the fleet budget")
+    false_alerts_per_day: float = Field(1.0, gt=0, description="fleet-wide false-alert budget")
+    monitored_pairs: int = Field(320, ge=1, description="(policy_label, vendor_id) pairs in the fleet")
+    min_arl0: float = Field(5_000, gt=10)
     resolve_threshold: float = Field(4.0, gt=0)
+
+    def monitor_policy(self) -> MonitorPolicy:
+        from services.scorer.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_UNDER, RULES, MonitorPolicy
+
+        return MonitorPolicy(
+            baseline_mode=self.baseline_mode,
+            sla_rates=(
+                (RULE_ERROR_RATE, self.baseline_error_rate),
+                (RULE_OVER, self.baseline_over_enforcement_rate),
+                (RULE_UNDER, self.baseline_under_enforcement_rate),
+            ),
+            baseline_verdicts=self.baseline_verdicts,
+            min_verdicts_to_detect=self.baseline_min_verdicts,
+            prior_strength=self.baseline_prior_strength,
+            arl0=self.arl0,
+            false_alerts_per_day=self.false_alerts_per_day,
+            monitors_in_fleet=self.monitored_pairs * len(RULES),
+            min_arl0=self.min_arl0,
+            resolve_threshold=self.resolve_threshold,
+        )
+
     flush_interval_s: float = Field(1.0, gt=0)
     faust_session_timeout_s: float = 30.0
     faust_rebalance_timeout_s: float = 30.0

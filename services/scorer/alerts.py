@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from services.scorer.drift import BernoulliCusum, llr_steps, make_detector
+from services.scorer.drift import BernoulliCusum, BernoulliRecovery, arl0_for_budget, design
 from services.scorer.rates import wilson_interval
 
 AlertStatus = Literal["firing", "resolved"]
@@ -51,6 +51,44 @@ def iso(t_ms: int) -> str:
     return datetime.fromtimestamp(t_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
+LEARNING_Z = 1.2816  # one-sided 90% (two-sided 80%) normal quantile
+RULE_OVER = "over_enforcement"
+RULE_UNDER = "under_enforcement"
+RULE_ERROR_TYPES: dict[str, str] = {
+    RULE_ERROR_RATE: "ANY",
+    RULE_OVER: "OVER_ENFORCEMENT",
+    RULE_UNDER: "UNDER_ENFORCEMENT",
+}
+RULES = tuple(RULE_ERROR_TYPES)
+_OVER, _UNDER = 1, 2  # wire error-type codes
+
+
+def rule_hit(rule: str, is_error: bool, error_type: int) -> bool:
+    """Whether a judged verdict counts as a hit for a rule's Bernoulli stream."""
+    if rule == RULE_ERROR_RATE:
+        return is_error
+    return is_error and error_type == (_OVER if rule == RULE_OVER else _UNDER)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorPolicy:
+    """How monitors pick their baseline and false-alarm rate (from ScorerSettings)."""
+
+    baseline_mode: Literal["learned", "sla"] = "learned"
+    sla_rates: tuple[tuple[str, float], ...] = ((RULE_ERROR_RATE, 0.03), (RULE_OVER, 0.015), (RULE_UNDER, 0.01))
+    baseline_verdicts: int = 10_000
+    min_verdicts_to_detect: int = 1_000
+    prior_strength: float = 200.0
+    arl0: float | None = 100_000.0
+    false_alerts_per_day: float = 1.0
+    monitors_in_fleet: int = 960
+    min_arl0: float = 5_000.0
+    resolve_threshold: float = 4.0
+
+    def sla(self, rule: str) -> float:
+        return dict(self.sla_rates)[rule]
+
+
 class MonitorState(msgspec.Struct, array_like=True):
     """Persisted state of one PairMonitor."""
 
@@ -63,6 +101,12 @@ class MonitorState(msgspec.Struct, array_like=True):
     since_onset_errors: int = 0
     recovery: float = 0.0
     cusum: tuple[float, int, int] = (0.0, 0, 0)
+    base_n: int = 0
+    base_errors: int = 0
+    baseline: float = 0.0  # frozen baseline; 0 while still learning
+    baseline_source: str = "learning"
+    first_ms: int = 0
+    total_n: int = 0
 
 
 @dataclass(slots=True)
@@ -72,15 +116,13 @@ class PairMonitor:
     rule: str
     policy_label: str
     vendor_id: str
-    baseline_rate: float
-    arl0: float
-    resolve_threshold: float
+    policy: MonitorPolicy = field(default_factory=MonitorPolicy)
     state: MonitorState = field(default_factory=MonitorState)
-    detector: BernoulliCusum = field(init=False)
+    detector: BernoulliCusum | None = field(init=False, default=None)
+    _design: tuple[float, float] = field(init=False, default=(0.0, 0.0))
 
     def __post_init__(self) -> None:
-        self.detector = make_detector(self.baseline_rate, self.arl0)
-        self.detector.s, self.detector.n, self.detector.errors = self.state.cusum
+        self._refresh()
 
     @property
     def dedup_key(self) -> str:
@@ -89,24 +131,79 @@ class PairMonitor:
     def alert_id(self) -> str:
         return str(uuid.uuid5(ALERT_NAMESPACE, f"{self.dedup_key}|{self.state.episode}"))
 
+    # -- baseline and false-alarm rate ----------------------------------------------------
+
+    def baseline_rate(self) -> float:
+        st, pol = self.state, self.policy
+        if st.baseline > 0:
+            return st.baseline
+        if pol.baseline_mode == "sla":
+            return pol.sla(self.rule)
+        # Learning: the pair's own rate shrunk toward the configured one, and taken at its upper
+        # 80% confidence bound so an under-estimate from little data does not page anyone.
+        k = pol.prior_strength
+        _, high = wilson_interval(st.base_errors + k * pol.sla(self.rule), st.base_n + k, z=LEARNING_Z)
+        return high
+
+    def detecting(self) -> bool:
+        st, pol = self.state, self.policy
+        return pol.baseline_mode == "sla" or st.baseline > 0 or st.base_n >= pol.min_verdicts_to_detect
+
+    def arl0(self, t_ms: int) -> float:
+        pol, st = self.policy, self.state
+        if pol.arl0 is not None:
+            return pol.arl0
+        span_days = max(t_ms - st.first_ms, 3_600_000) / 86_400_000
+        return arl0_for_budget(st.total_n / span_days, pol.monitors_in_fleet, pol.false_alerts_per_day, pol.min_arl0)
+
+    def _refresh(self, t_ms: int = 0) -> None:
+        """(Re)build the detector when its baseline or ARL0 moved; the CUSUM statistic carries over."""
+        p0, arl0 = self.baseline_rate(), self.arl0(t_ms)
+        old_p0, old_arl = self._design
+        if self.detector is not None and abs(p0 - old_p0) <= 0.02 * old_p0 and abs(arl0 - old_arl) <= 0.1 * old_arl:
+            return
+        self._design = (p0, arl0)
+        p0_r, p1, h = design(p0, arl0)
+        s, n, e = self.detector.to_state() if self.detector is not None else self.state.cusum
+        self.detector = BernoulliCusum(p0_r, p1, h)
+        self.detector.load_state([s, n, e])
+
     def snapshot(self) -> MonitorState:
+        assert self.detector is not None
         d = self.detector
         self.state.cusum = (d.s, d.n, d.errors)
         return self.state
 
-    def update(self, is_error: bool, t_ms: int) -> AlertEvent | None:
-        """Feed one judged verdict; returns an AlertEvent when the alert changes state."""
-        d, st = self.detector, self.state
-        d.update(is_error)
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def update(self, hit: bool, t_ms: int) -> AlertEvent | None:
+        """Feed one judged verdict (hit: it is an error of this rule's kind)."""
+        st, pol = self.state, self.policy
+        if st.first_ms == 0:
+            st.first_ms = t_ms
+        st.total_n += 1
+        if not st.firing and st.baseline == 0:
+            st.base_n += 1
+            st.base_errors += hit
+            if pol.baseline_mode == "learned" and st.base_n >= pol.baseline_verdicts:
+                st.baseline, st.baseline_source = st.base_errors / st.base_n, "learned"
+        if st.total_n % 256 == 1 or st.base_n == pol.min_verdicts_to_detect:
+            self._refresh(t_ms)
+        if not self.detecting():
+            return None
+        d = self.detector
+        assert d is not None
+        d.update(hit)
         if d.n == 1:
             st.candidate_onset_ms = t_ms  # the statistic just left zero: a possible change point
         if st.firing:
             st.since_onset_n += 1
-            st.since_onset_errors += is_error
-            up, down = llr_steps(d.p0, d.p1)
-            # Downward CUSUM: evidence that the rate is back at p0 rather than at p1.
-            st.recovery = max(0.0, st.recovery + (-up if is_error else -down))
-            if st.recovery > self.resolve_threshold:
+            st.since_onset_errors += hit
+            recovery = BernoulliRecovery(d.p0, d.p1, pol.resolve_threshold)
+            recovery.r = st.recovery
+            resolved = recovery.update(hit)
+            st.recovery = recovery.r
+            if resolved:
                 st.firing = False
                 return self._event("resolved", t_ms)
             return None
@@ -122,16 +219,34 @@ class PairMonitor:
             return self._event("firing", t_ms)
         return None
 
-    def _event(self, status: AlertStatus, t_ms: int) -> AlertEvent:
+    def rebaseline(self, rate: float | None, t_ms: int) -> AlertEvent | None:
+        """Operator request: set the baseline (rate) or learn it again from now (None)."""
         st = self.state
+        if rate is None:
+            st.base_n, st.base_errors, st.baseline, st.baseline_source = 0, 0, 0.0, "learning"
+        else:
+            st.baseline, st.baseline_source = rate, "operator"
+        assert self.detector is not None
+        self.detector.s, self.detector.n, self.detector.errors = 0.0, 0, 0
+        self._design = (0.0, 0.0)
+        self._refresh(t_ms)
+        if st.firing:
+            st.firing = False
+            return self._event("resolved", t_ms, note="re-baselined by an operator")
+        return None
+
+    def _event(self, status: AlertStatus, t_ms: int, note: str = "") -> AlertEvent:
+        st, d = self.state, self.detector
+        assert d is not None
         n, e = st.since_onset_n, st.since_onset_errors
         rate = e / n if n else 0.0
         low, high = wilson_interval(e, n)
+        what = "error rate" if self.rule == RULE_ERROR_RATE else self.rule.replace("_", "-") + " rate"
         moved = "rose" if status == "firing" else "recovered"
         summary = (
-            f"{self.policy_label} / {self.vendor_id}: error rate {moved} to {rate:.1%} "
+            f"{self.policy_label} / {self.vendor_id}: {what} {moved}: {rate:.1%} "
             f"(95% CI {low:.1%}-{high:.1%}) on {n} verdicts since {iso(st.onset_ms)}, "
-            f"baseline {self.baseline_rate:.1%}"
+            f"baseline {d.p0:.1%} ({st.baseline_source})" + (f"; {note}" if note else "")
         )
         return AlertEvent(
             alert_id=self.alert_id(),
@@ -140,17 +255,17 @@ class PairMonitor:
             status=status,
             policy_label=self.policy_label,
             vendor_id=self.vendor_id,
-            error_type="ANY",
+            error_type=RULE_ERROR_TYPES[self.rule],
             started_at=iso(st.started_ms),
             onset_at=iso(st.onset_ms),
             resolved_at=iso(t_ms) if status == "resolved" else None,
-            baseline_rate=self.baseline_rate,
+            baseline_rate=d.p0,
             observed_rate=rate,
             ci_low=low,
             ci_high=high,
             verdicts=n,
             errors=e,
-            statistic=self.detector.h if status == "firing" else st.recovery,
-            threshold=self.detector.h if status == "firing" else self.resolve_threshold,
+            statistic=(d.last_change.statistic if d.last_change else d.h) if status == "firing" else st.recovery,
+            threshold=d.h if status == "firing" else self.policy.resolve_threshold,
             summary=summary,
         )

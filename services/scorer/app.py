@@ -27,7 +27,6 @@ from services.common.db import make_engine
 from services.common.wire import decode_batch
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import (
-    DetectionConfig,
     decode_bucket_key,
     decode_counts,
     detect,
@@ -76,7 +75,7 @@ class Scorer:
         self.sink: DbSink | None = None
         self.dirty: set[bytes] = set()
         self.ready = False
-        self.detection = DetectionConfig(s.baseline_error_rate, s.arl0, s.resolve_threshold)
+        self.policy = s.monitor_policy()
         self.app = app = faust.App(
             s.scorer_app_id,
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(",")],
@@ -137,7 +136,7 @@ class Scorer:
         @app.agent(self.outcomes_topic, name="detect")
         async def run_detectors(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
-                state, changes = detect(event.key, event.value, self.monitors.get, self.detection)
+                state, changes = detect(event.key, event.value, self.monitors.get, self.policy)
                 self.monitors[event.key] = state
                 for change in changes:
                     m.alert_changes.labels(change.status).inc()

@@ -28,7 +28,8 @@ from scipy.linalg import solve_banded
 DEFAULT_SHIFT = 2.0
 """The CUSUM is tuned to detect a doubling of the baseline error rate fastest."""
 
-MAX_CHAIN_STATES = 4000
+MAX_CHAIN_STATES = 3000
+MAX_SUBDIVISION = 16
 
 
 def llr_steps(p0: float, p1: float) -> tuple[float, float]:
@@ -39,48 +40,51 @@ def llr_steps(p0: float, p1: float) -> tuple[float, float]:
 def cusum_arl(p: float, up: float, down: float, h: float) -> float:
     """Average run length of a Bernoulli CUSUM started at zero, when errors occur at rate p.
 
-    The statistic moves in whole steps of ``|down|`` (the step for a correct verdict), an error
-    moves it up by ``up/|down|`` steps rounded; the chain's expected absorption time is the ARL.
+    The statistic is tracked on a grid of ``|down| / q``: a correct verdict moves it ``q`` cells
+    down, an error ``round(up / cell)`` cells up. ``q`` is as large as the state budget allows so
+    the rounding of the error step stays well under one percent; the chain's expected
+    absorption time from zero is the ARL (Brook & Evans).
     """
     unit = -down
-    k = max(1, round(up / unit))
-    m = math.ceil(h / unit)
-    if m > MAX_CHAIN_STATES:  # coarsen: same boundary in fewer, larger steps
-        scale = m / MAX_CHAIN_STATES
-        unit *= scale
-        k = max(1, round(up / unit))
-        m = MAX_CHAIN_STATES
-    # Unknowns L_0..L_{m-1}; (I - Q) L = 1 with Q banded: one step down, k steps up.
-    q = 1.0 - p
-    ab = np.zeros((1 + k + 1, m))  # rows: upper diagonals k..1, main, lower 1
-    upper = k
+    q = max(1, min(MAX_SUBDIVISION, int(MAX_CHAIN_STATES * unit / h)))
+    cell = unit / q
+    if h / cell > MAX_CHAIN_STATES:  # very small steps: coarsen, keeping the boundary
+        cell = h / MAX_CHAIN_STATES
+        q = max(1, round(unit / cell))
+    k = max(1, round(up / cell))
+    m = math.ceil(h / cell)
+    # Unknowns L_0..L_{m-1}; (I - Q) L = 1 with Q banded: q cells down (floored at 0), k cells up.
+    ab = np.zeros((k + 1 + q, m))  # banded storage: row k + i - j holds A[i, j]
     for j in range(m):
-        ab[upper, j] += 1.0  # identity
-        lower = max(j - 1, 0)
-        ab[upper + (j - lower), lower] -= q  # A[j, lower]
+        ab[k, j] += 1.0
+        lower = max(j - q, 0)
+        ab[k + j - lower, lower] -= 1.0 - p
         if j + k < m:
-            ab[upper + j - (j + k), j + k] -= p  # A[j, j+k]
-    rhs = np.ones(m)
-    sol = solve_banded((1, upper), ab, rhs)
+            ab[0, j + k] -= p
+    sol = solve_banded((q, k), ab, np.ones(m))
     return float(sol[0])
 
 
 @lru_cache(maxsize=4096)
 def threshold_for_arl(p0: float, p1: float, arl0: float) -> float:
-    """Smallest threshold h whose in-control ARL is at least arl0 (bisection on the exact chain)."""
+    """Threshold h whose in-control ARL is arl0 (within 0.5%), solved on the exact chain.
+
+    log ARL is close to linear in h, so a secant iteration on it converges in a few chain
+    solves; the start is Siegmund's approximation ARL ~ (e^h - h - 1) / KL(p0 || p1).
+    """
     up, down = llr_steps(p0, p1)
-    lo, hi = 0.0, max(1.0, math.log(arl0))
-    while cusum_arl(p0, up, down, hi) < arl0:
-        hi *= 1.5
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if cusum_arl(p0, up, down, mid) >= arl0:
-            hi = mid
-        else:
-            lo = mid
-        if hi - lo < 1e-3:
+    kl0 = p0 * -up + (1 - p0) * -down
+    target = math.log(arl0)
+    h0 = max(0.5, math.log(arl0 * kl0 + 1))
+    h1 = h0 + 0.5
+    f0 = math.log(cusum_arl(p0, up, down, h0)) - target
+    f1 = math.log(cusum_arl(p0, up, down, h1)) - target
+    for _ in range(30):
+        if abs(f1) < 0.005 or f1 == f0:
             break
-    return hi
+        h0, h1 = h1, max(1e-3, h1 - f1 * (h1 - h0) / (f1 - f0))
+        f0, f1 = f1, math.log(cusum_arl(p0, up, down, h1)) - target
+    return h1 if f1 >= 0 else h1 + 0.005  # err on the side of fewer false alarms
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ class ChangeEstimate:
 
     verdicts: int
     errors: int
+    statistic: float
 
 
 class BernoulliCusum:
@@ -118,7 +123,7 @@ class BernoulliCusum:
         self.errors += is_error
         self._alarm = s > self.h
         if self._alarm:
-            self.last_change = ChangeEstimate(self.n, self.errors)
+            self.last_change = ChangeEstimate(self.n, self.errors, s)
             self.s, self.n, self.errors = 0.0, 0, 0
 
     @property
@@ -133,8 +138,38 @@ class BernoulliCusum:
         self.s, self.n, self.errors = float(state[0]), int(state[1]), int(state[2])
 
 
+def design(baseline_rate: float, arl0: float, shift: float = DEFAULT_SHIFT) -> tuple[float, float, float]:
+    """(p0, p1, h) of the CUSUM for a baseline and ARL0, rounded so thresholds can be cached."""
+    p0 = float(f"{min(max(baseline_rate, 1e-4), 0.45):.3g}")
+    p1 = min(p0 * shift, (1 + p0) / 2)
+    arl = float(f"{max(arl0, 10.0):.2g}")
+    return p0, p1, threshold_for_arl(p0, p1, arl)
+
+
 def make_detector(baseline_rate: float, arl0: float, shift: float = DEFAULT_SHIFT) -> BernoulliCusum:
     """A detector for rises of the error rate above baseline_rate, designed for ARL0 = arl0."""
-    p0 = min(max(baseline_rate, 1e-4), 0.45)
-    p1 = min(p0 * shift, (1 + p0) / 2)
-    return BernoulliCusum(p0, p1, threshold_for_arl(round(p0, 6), round(p1, 6), float(arl0)))
+    return BernoulliCusum(*design(baseline_rate, arl0, shift))
+
+
+def arl0_for_budget(verdicts_per_day: float, monitors: int, false_alerts_per_day: float, floor: float) -> float:
+    """Per-monitor ARL0 that spends an equal share of the fleet's false-alert budget.
+
+    A monitor that sees r verdicts a day and has in-control run length ARL0 raises r / ARL0 false
+    alarms a day; giving each of ``monitors`` monitors budget / monitors yields ARL0 = r * n / b.
+    """
+    return max(floor, verdicts_per_day * monitors / false_alerts_per_day)
+
+
+class BernoulliRecovery:
+    """Downward CUSUM: accumulates evidence that the rate is back at p0 rather than still at p1."""
+
+    __slots__ = ("_down_on_error", "_up_on_correct", "h", "r")
+
+    def __init__(self, p0: float, p1: float, h: float) -> None:
+        up, down = llr_steps(p0, p1)
+        self._down_on_error, self._up_on_correct, self.h, self.r = -up, -down, h, 0.0
+
+    def update(self, is_error: bool) -> bool:
+        """Feed one verdict; True once the evidence for recovery crosses h."""
+        self.r = max(0.0, self.r + (self._down_on_error if is_error else self._up_on_correct))
+        return self.r > self.h

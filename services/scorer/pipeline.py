@@ -7,12 +7,11 @@ detector outcomes. Stage 2 (partitioned by (policy_label, vendor_id)): run the p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgspec
 
 from services.common.wire import WireEvent
-from services.scorer.alerts import RULE_ERROR_RATE, AlertEvent, MonitorState, PairMonitor
+from services.scorer.alerts import RULES, AlertEvent, MonitorPolicy, MonitorState, PairMonitor, rule_hit
 from services.scorer.join import DecisionState, Deltas, apply_event, decode_state, encode_state
 from services.scorer.rates import Counts, add_into
 
@@ -68,42 +67,57 @@ def merge_buckets(partition: int, deltas: Deltas, load: Load) -> dict[bytes, byt
     return out
 
 
+def pair_key(policy_label: str, vendor_id: str) -> bytes:
+    """Kafka key of a (policy_label, vendor_id) pair on the pair-outcomes topic."""
+    return _msgpack.encode((policy_label, vendor_id))
+
+
 def group_outcomes(deltas: Deltas) -> dict[bytes, bytes]:
     """Detector outcomes grouped by pair: key msgpack((label, vendor)), value [(t_ms, is_error, type)]."""
     grouped: dict[tuple[str, str], list[tuple[int, bool, int]]] = {}
     for o in deltas.outcomes:
         grouped.setdefault((o.policy_label, o.vendor_id), []).append((o.t_ms, o.is_error, o.error_type))
-    return {_msgpack.encode(pair): _msgpack.encode(items) for pair, items in grouped.items()}
+    return {pair_key(*pair): _msgpack.encode(items) for pair, items in grouped.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class DetectionConfig:
-    baseline_error_rate: float
-    arl0: float
-    resolve_threshold: float
+class Rebaseline(msgspec.Struct, tag="rebaseline"):
+    """Control record on the pair-outcomes topic: an operator re-baselines a pair's monitors."""
+
+    rule: str | None = None  # None: every rule of the pair
+    rate: float | None = None  # None: learn the baseline again from now on
+    t_ms: int = 0
 
 
-def detect(pair_key: bytes, payload: bytes, load: Load, cfg: DetectionConfig) -> tuple[bytes, list[AlertEvent]]:
-    """Run one pair's monitors over a group of outcomes; returns the new state and alert changes."""
+_pair_payload_decoder = msgspec.msgpack.Decoder(list[tuple[int, bool, int]] | Rebaseline)
+
+
+def encode_rebaseline(request: Rebaseline) -> bytes:
+    return _msgpack.encode(request)
+
+
+def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -> tuple[bytes, list[AlertEvent]]:
+    """Run one pair's monitors over a group of outcomes (or a control record).
+
+    Returns the pair's new state and the alert changes, in order.
+    """
     label, vendor = _pair_key_decoder.decode(pair_key)
     raw = load(pair_key)
     states = _monitors_decoder.decode(raw) if raw is not None else {}
-    monitor = PairMonitor(
-        RULE_ERROR_RATE,
-        label,
-        vendor,
-        cfg.baseline_error_rate,
-        cfg.arl0,
-        cfg.resolve_threshold,
-        state=states.get(RULE_ERROR_RATE, MonitorState()),
-    )
+    monitors = {
+        rule: PairMonitor(rule, label, vendor, policy, state=states.get(rule, MonitorState())) for rule in RULES
+    }
     events: list[AlertEvent] = []
-    for t_ms, is_error, _ in _outcomes_decoder.decode(payload):
-        change = monitor.update(is_error, t_ms)
-        if change is not None:
-            events.append(change)
-    states[RULE_ERROR_RATE] = monitor.snapshot()
-    return _msgpack.encode(states), events
+    message = _pair_payload_decoder.decode(payload)
+    if isinstance(message, Rebaseline):
+        for rule, monitor in monitors.items():
+            if message.rule in (None, rule) and (change := monitor.rebaseline(message.rate, message.t_ms)):
+                events.append(change)
+    else:
+        for t_ms, is_error, error_type in message:
+            for rule, monitor in monitors.items():
+                if (change := monitor.update(rule_hit(rule, is_error, error_type), t_ms)) is not None:
+                    events.append(change)
+    return _msgpack.encode({rule: m.snapshot() for rule, m in monitors.items()}), events
 
 
 def decode_pair_key(raw: bytes) -> tuple[str, str]:

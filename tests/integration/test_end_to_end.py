@@ -41,27 +41,39 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
 
         # Phase 2: the drifting pair jumps to 20% errors.
         await produce(bootstrap, traffic.phase(DRIFT, 400, 5, 3600) + traffic.phase(STABLE, 400, 33, 3600))
-        firing = await eventually(lambda: alerts(client, status="firing"), 90)
+        firing = await eventually(lambda: alerts(client, status="firing", rule="error_rate"), 90)
         assert len(firing) == 1
         alert = firing[0]
-        assert (alert["policy_label"], alert["vendor_id"]) == DRIFT[:2]
+        assert (alert["policy_label"], alert["vendor_id"], alert["error_type"]) == (*DRIFT[:2], "ANY")
         assert alert["observed_rate"] > alert["baseline_rate"] == 0.03
         assert alert["verdicts"] > 0 and alert["ci_low"] <= alert["observed_rate"] <= alert["ci_high"]
+        # The per-type rules watch the same pair; nothing fires for the stable pair.
+        assert {(a["policy_label"], a["vendor_id"]) for a in await alerts(client)} == {DRIFT[:2]}
 
         ack = await client.post(f"/v1/alerts/{alert['alert_id']}/ack", json={"by": "oncall-pm"})
         assert ack.status_code == 200 and ack.json()["status"] == "acknowledged"
 
         # Phase 3: the pair recovers; the alert resolves by the downward test.
         await produce(bootstrap, traffic.phase(DRIFT, 1200, 0, 7200))
-        resolved = await eventually(lambda: alerts(client, status="resolved"), 90)
+        resolved = await eventually(lambda: alerts(client, status="resolved", rule="error_rate"), 90)
         assert [a["alert_id"] for a in resolved] == [alert["alert_id"]]
         await eventually(lambda: matches(client, traffic), 60)
-        assert len(await alerts(client)) == 1  # deduplicated: one alert for the episode
+        assert len(await alerts(client, rule="error_rate")) == 1  # deduplicated: one alert for the episode
+
+        # Phase 4: an operator declares 25% the new normal; the same 20% no longer pages.
+        resp = await client.post(
+            f"/v1/pairs/{DRIFT[0]}/{DRIFT[1]}/rebaseline", json={"rule": "error_rate", "rate": 0.25}
+        )
+        assert resp.status_code == 202, resp.text
+        await produce(bootstrap, traffic.phase(DRIFT, 400, 5, 10_800))
+        await eventually(lambda: matches(client, traffic), 60)
+        assert len(await alerts(client, rule="error_rate")) == 1
 
     published = await consume_all(bootstrap, env["MODQ_TOPIC_ALERTS"], 2)
-    statuses = [orjson.loads(r.value)["status"] for r in published]
+    mine = [orjson.loads(r.value) for r in published if orjson.loads(r.value)["rule"] == "error_rate"]
+    statuses = [m["status"] for m in mine]
     assert statuses == ["firing", "resolved"]
-    assert {orjson.loads(r.value)["alert_id"] for r in published} == {alert["alert_id"]}
+    assert {m["alert_id"] for m in mine} == {alert["alert_id"]}
     dead = await consume_all(bootstrap, env["MODQ_TOPIC_DEADLETTER"], 1)
     assert dead and {dict(r.headers)["modq.reason"] for r in dead} == {b"schema"}
     assert scorer.proc is not None and scorer.proc.poll() is None, scorer.output()[-3000:]
@@ -69,5 +81,5 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
         assert (await web.get("/readyz")).status_code == 200
         metrics = await web.get("/metrics")
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
-        assert 'modq_scorer_alert_changes_total{status="firing"} 1.0' in metrics.text
+        assert 'modq_scorer_alert_changes_total{status="firing"}' in metrics.text
     assert api.proc is not None and api.proc.poll() is None

@@ -52,3 +52,15 @@ def test_api_exits_with_a_clear_message_on_an_unmigrated_database(
     )
     assert proc.returncode == 2
     assert b"run `modq migrate`" in proc.stderr
+
+
+async def test_concurrent_upgrades_do_not_collide(database_url: str) -> None:
+    import asyncio
+
+    engines = [make_engine(database_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(upgrade(e) for e in engines))
+        assert await current_revision(engines[0]) == head_revision()
+    finally:
+        for e in engines:
+            await e.dispose()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import random
 
-from services.scorer.alerts import PairMonitor
+import msgspec
+import pytest
+
+from services.scorer.alerts import MonitorPolicy, MonitorState, PairMonitor
 
 
 def monitor() -> PairMonitor:
-    return PairMonitor("error_rate", "SCAMS_AND_FRAUD", "V01", 0.03, 100_000, 4.0)
+    return PairMonitor("error_rate", "SCAMS_AND_FRAUD", "V01", MonitorPolicy(baseline_mode="sla", arl0=100_000))
 
 
 def feed(m: PairMonitor, rng: random.Random, p: float, n: int, t0: int) -> list[tuple[int, str]]:
@@ -50,9 +53,67 @@ def test_alert_carries_onset_rate_interval_and_a_stable_id() -> None:
 def test_state_survives_a_round_trip() -> None:
     m, rng = monitor(), random.Random(1)
     feed(m, rng, 0.2, 200, 0)
-    snap = m.snapshot()
-    clone = PairMonitor("error_rate", "SCAMS_AND_FRAUD", "V01", 0.03, 100_000, 4.0, state=snap)
+    snap = msgspec.msgpack.decode(msgspec.msgpack.encode(m.snapshot()), type=MonitorState)
+    clone = PairMonitor(
+        "error_rate", "SCAMS_AND_FRAUD", "V01", MonitorPolicy(baseline_mode="sla", arl0=100_000), state=snap
+    )
     xs = [rng.random() < 0.1 for _ in range(500)]
     a = [m.update(x, i) for i, x in enumerate(xs)]
     b = [clone.update(x, i) for i, x in enumerate(xs)]
     assert a == b
+
+
+def learned(**over: object) -> PairMonitor:
+    policy = MonitorPolicy(
+        baseline_mode="learned", arl0=100_000, baseline_verdicts=10_000, min_verdicts_to_detect=1_000
+    )
+    return PairMonitor("error_rate", "VIOLENCE", "V07", policy)
+
+
+def test_learned_baseline_waits_for_data_then_freezes() -> None:
+    m, rng = learned(), random.Random(21)
+    assert not m.detecting()
+    feed(m, rng, 0.05, 999, 0)
+    assert not m.detecting()
+    feed(m, rng, 0.05, 1, 999_000)
+    assert m.detecting()
+    # While learning, the baseline is a conservative (upper-bound) estimate of the pair's rate.
+    assert m.state.base_errors / m.state.base_n < m.baseline_rate() < 0.07
+    fired = feed(m, rng, 0.05, 9_000, 1_000_000)
+    assert fired == []  # a pair that is simply worse than the prior is learned, not paged
+    assert m.state.baseline_source == "learned"
+    assert m.baseline_rate() == pytest.approx(0.05, abs=0.006)
+    frozen = m.baseline_rate()
+    feed(m, rng, 0.05, 2_000, 20_000_000)
+    assert m.baseline_rate() == frozen
+
+
+def test_baseline_is_not_learned_from_verdicts_while_firing() -> None:
+    policy = MonitorPolicy(baseline_mode="learned", arl0=10_000, baseline_verdicts=50_000, min_verdicts_to_detect=500)
+    m, rng = PairMonitor("error_rate", "VIOLENCE", "V07", policy), random.Random(2)
+    feed(m, rng, 0.03, 2_000, 0)
+    before = m.state.base_n
+    events = feed(m, rng, 0.3, 300, 5_000_000)
+    assert events and events[0][1] == "firing"
+    assert m.state.base_n - before == events[0][0] + 1  # learning stopped at the alarm
+
+
+def test_operator_rebaseline_resolves_and_sets_the_rate() -> None:
+    m, rng = monitor(), random.Random(8)
+    feed(m, rng, 0.03, 2_000, 0)
+    feed(m, rng, 0.2, 400, 3_000_000)
+    assert m.state.firing
+    change = m.rebaseline(0.2, 4_000_000)
+    assert change is not None and change.status == "resolved" and "re-baselined" in change.summary
+    assert m.baseline_rate() == 0.2 and m.state.baseline_source == "operator"
+    assert feed(m, rng, 0.2, 3_000, 5_000_000) == []
+
+
+def test_fleet_budget_sets_arl_from_the_verdict_rate() -> None:
+    policy = MonitorPolicy(
+        baseline_mode="sla", arl0=None, false_alerts_per_day=2.0, monitors_in_fleet=100, min_arl0=1_000
+    )
+    m = PairMonitor("error_rate", "VIOLENCE", "V07", policy)
+    for i in range(2_000):  # 2,000 verdicts over 10 days: 200 a day
+        m.update(False, i * 432_000)
+    assert m.arl0(2_000 * 432_000) == pytest.approx(200 * 100 / 2.0, rel=0.01)

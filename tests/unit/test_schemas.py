@@ -117,9 +117,9 @@ def test_schema_and_code_accept_and_reject_the_same_documents(kind: str, tp: typ
 def test_alert_events_validate_against_the_published_schema() -> None:
     import random
 
-    from services.scorer.alerts import AlertEvent, PairMonitor
+    from services.scorer.alerts import AlertEvent, MonitorPolicy, PairMonitor
 
-    m = PairMonitor("error_rate", "SCAMS_AND_FRAUD", "V01", 0.03, 10_000, 4.0)
+    m = PairMonitor("error_rate", "SCAMS_AND_FRAUD", "V01", MonitorPolicy(baseline_mode="sla", arl0=10_000))
     rng = random.Random(4)
     events: list[AlertEvent] = []
     for i in range(4000):
