@@ -97,7 +97,7 @@ def _scorer(args: argparse.Namespace) -> int:
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,
-        logging_config=json_logging_config(settings.log_level),
+        logging_config=json_logging_config(settings.log_level, settings.framework_log_level),
     )
     worker.execute_from_commandline()
     return 0

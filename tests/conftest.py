@@ -121,6 +121,7 @@ def service_env(kafka_bootstrap: str, names: dict[str, str]) -> dict[str, str]:
             "MODQ_BASELINE_OVER_ENFORCEMENT_RATE": "0.02",
             "MODQ_BASELINE_UNDER_ENFORCEMENT_RATE": "0.02",
             "MODQ_LOG_LEVEL": "INFO",
+            "MODQ_FRAMEWORK_LOG_LEVEL": "INFO",
         }
     )
     return env

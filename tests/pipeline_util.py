@@ -86,9 +86,16 @@ async def alerts(client: httpx.AsyncClient, **params: str) -> list[dict[str, obj
     return list(resp.json()["items"])
 
 
-async def matches(client: httpx.AsyncClient, traffic: Traffic) -> bool:
+class Mismatch(dict):  # type: ignore[type-arg]
+    """Falsy result of a comparison that still shows both sides when a wait gives up."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+async def matches(client: httpx.AsyncClient, traffic: Traffic) -> bool | Mismatch:
     got = await rates(client)
-    return got == traffic.truth
+    return True if got == traffic.truth else Mismatch(got=got, want=traffic.truth)
 
 
 async def api_ready(client: httpx.AsyncClient) -> bool:

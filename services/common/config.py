@@ -36,6 +36,7 @@ class CommonSettings(BaseSettings):
     partitions: int = Field(8, ge=1, description="partitions of modq.events and the scorer's tables")
     public_api_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"
+    framework_log_level: str = Field("WARNING", description="log level of Faust, mode and aiokafka")
 
     @field_validator("database_url")
     @classmethod

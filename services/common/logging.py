@@ -38,7 +38,7 @@ def configure_logging(level: str = "INFO", service: str = "modq") -> None:
     logging.getLogger("modq").info("logging configured", extra={"service": service})
 
 
-def json_logging_config(level: str = "INFO") -> dict[str, object]:
+def json_logging_config(level: str = "INFO", framework_level: str = "WARNING") -> dict[str, object]:
     """dictConfig for frameworks that set up logging themselves (Faust's worker)."""
     return {
         "version": 1,
@@ -46,5 +46,5 @@ def json_logging_config(level: str = "INFO") -> dict[str, object]:
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level.upper()},
-        "loggers": {name: {"level": "WARNING"} for name in ("aiokafka", "faust", "mode", "faust.transport.producer")},
+        "loggers": {name: {"level": framework_level.upper()} for name in ("aiokafka", "faust", "mode")},
     }

@@ -24,14 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
-from services.common.wire import decode_batch
+from services.common.wire import decode_batch, partition_for
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import (
-    decode_bucket_key,
-    decode_counts,
+    RateBook,
     detect,
     group_outcomes,
-    merge_buckets,
     score_batch,
 )
 from services.scorer.sink import DbSink
@@ -73,7 +71,7 @@ class Scorer:
         self.metrics = ScorerMetrics(registry or CollectorRegistry())
         self.engine: AsyncEngine | None = None
         self.sink: DbSink | None = None
-        self.dirty: set[bytes] = set()
+        self.book = RateBook()
         self.ready = False
         self.policy = s.monitor_policy()
         self.app = app = faust.App(
@@ -104,7 +102,6 @@ class Scorer:
             s.topic_alerts, value_serializer="raw", key_serializer="raw", partitions=s.partitions
         )
         self.decisions = _raw_table(app, "decisions", s.partitions)
-        self.buckets = _raw_table(app, "buckets", s.partitions)
         self.monitors = _raw_table(app, "monitors", s.partitions)
         self._wire()
 
@@ -120,11 +117,10 @@ class Scorer:
                 writes, deltas = score_batch(batch, self.decisions.get)
                 for key, value in writes.items():
                     self.decisions[key] = value
-                for key, value in merge_buckets(event.message.partition, deltas, self.buckets.get).items():
-                    self.buckets[key] = value
-                    self.dirty.add(key)
+                self.book.apply(event.message.partition, deltas)
                 for pair, payload in group_outcomes(deltas).items():
                     await self.outcomes_topic.send(key=pair, value=payload)
+                await self._durable()
                 m.batches.inc()
                 m.events.inc(len(batch))
                 m.outcomes.inc(len(deltas.outcomes))
@@ -145,6 +141,7 @@ class Scorer:
                         extra={"alert_id": change.alert_id, "dedup_key": change.dedup_key, "summary": change.summary},
                     )
                     await self.alerts_topic.send(key=change.dedup_key.encode(), value=_encode_alert(change))
+                await self._durable()
 
         @app.agent(self.alerts_topic, name="record_alerts")
         async def record_alerts(stream: faust.StreamT[bytes]) -> None:
@@ -166,8 +163,13 @@ class Scorer:
 
         @app.on_rebalance_complete.connect
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
-            # Whatever was recovered from the changelog may be newer than the database.
-            self.dirty.update(self.buckets.keys())
+            # The book is a view of the decision table: rebuild it from what this worker now owns.
+            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.topic_events}
+            self.book.rebuild(
+                (p, raw)
+                for key, raw in self.decisions.items()
+                if (p := partition_for(key.decode(), s.partitions)) in owned
+            )
             self.ready = True
 
         scorer = self
@@ -191,6 +193,19 @@ class Scorer:
                     return self.json({"status": "ready"})
                 return self.json({"status": "recovering"}, status=503)
 
+    async def _durable(self) -> None:
+        """Wait until every changelog and output record of this batch is acknowledged by the broker.
+
+        Faust commits a source offset after flushing its producer, but its buffer flush gives up
+        after 0.1 s with records still queued, so a crash right after a commit could lose state
+        for events that are never redelivered. Waiting here, before the event is acknowledged,
+        makes every committed offset's effects durable (at-least-once plus idempotent state).
+        """
+        producer = self.app.producer
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await producer.flush()
+
     # -- database -------------------------------------------------------------------------
 
     def _sink(self) -> DbSink:
@@ -212,25 +227,18 @@ class Scorer:
 
     async def flush(self) -> int:
         """Upsert every changed bucket; on failure the buckets stay dirty for the next flush."""
-        if self.sink is None or not self.dirty:
-            self.metrics.dirty_buckets.set(len(self.dirty))
+        if self.sink is None:
             return 0
-        keys, self.dirty = self.dirty, set()
-        rows = []
-        for key in keys:
-            raw = self.buckets.get(key)
-            if raw is None:
-                continue
-            p, label, vendor, market, start_ms = decode_bucket_key(key)
-            rows.append((p, label, vendor, market, start_ms, decode_counts(raw)))
-        try:
-            written = await self.sink.upsert_buckets(rows)
-        except Exception:
-            self.dirty |= keys
-            self.metrics.flush_failures.inc()
-            log.exception("bucket flush failed; will retry", extra={"buckets": len(keys)})
-            written = 0
-        self.metrics.dirty_buckets.set(len(self.dirty))
+        rows = self.book.take_dirty()
+        written = 0
+        if rows:
+            try:
+                written = await self.sink.upsert_buckets([(*key, counts) for key, counts in rows])
+            except Exception:
+                self.book.mark_dirty(key for key, _ in rows)
+                self.metrics.flush_failures.inc()
+                log.exception("bucket flush failed; will retry", extra={"buckets": len(rows)})
+        self.metrics.dirty_buckets.set(len(self.book.dirty))
         return written
 
 

@@ -6,19 +6,17 @@ detector outcomes. Stage 2 (partitioned by (policy_label, vendor_id)): run the p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
 from services.common.wire import WireEvent
 from services.scorer.alerts import RULES, AlertEvent, MonitorPolicy, MonitorState, PairMonitor, rule_hit
-from services.scorer.join import DecisionState, Deltas, apply_event, decode_state, encode_state
+from services.scorer.join import DecisionState, Deltas, add_contribution, apply_event, decode_state, encode_state
 from services.scorer.rates import Counts, add_into
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
-_counts_decoder = msgspec.msgpack.Decoder(list[float])
-_bucket_key_decoder = msgspec.msgpack.Decoder(tuple[int, str, str, str, int])
 _outcomes_decoder = msgspec.msgpack.Decoder(list[tuple[int, bool, int]])
 _monitors_decoder = msgspec.msgpack.Decoder(dict[str, MonitorState])
 
@@ -43,28 +41,47 @@ def score_batch(events: list[WireEvent], load: Load) -> tuple[dict[bytes, bytes]
     return {k: encode_state(states[k]) for k in changed}, deltas
 
 
-def bucket_key(partition: int, label: str, vendor: str, market: str, start_ms: int) -> bytes:
-    return _msgpack.encode((partition, label, vendor, market, start_ms))
+BookKey = tuple[int, str, str, str, int]
+"""(partition, policy_label, vendor_id, market, bucket_start_ms)."""
 
 
-def decode_bucket_key(raw: bytes) -> tuple[int, str, str, str, int]:
-    return _bucket_key_decoder.decode(raw)
+class RateBook:
+    """Rate buckets of the partitions this worker owns: a view derived from the decision table.
 
+    Only the decision table is changelogged. Each decision's record says exactly what it
+    contributes, and is written atomically, so after a crash the book is rebuilt from the
+    recovered records instead of trusting counters that may be ahead of, or behind, them.
+    """
 
-def decode_counts(raw: bytes) -> Counts:
-    return _counts_decoder.decode(raw)
+    def __init__(self) -> None:
+        self.counts: dict[BookKey, Counts] = {}
+        self.dirty: set[BookKey] = set()
 
+    def apply(self, partition: int, deltas: Deltas) -> None:
+        for (label, vendor, market, start_ms), delta in deltas.buckets.items():
+            key = (partition, label, vendor, market, start_ms)
+            row = self.counts.get(key)
+            if row is None:
+                row = self.counts[key] = [0.0] * len(delta)
+            add_into(row, delta)
+            self.dirty.add(key)
 
-def merge_buckets(partition: int, deltas: Deltas, load: Load) -> dict[bytes, bytes]:
-    """New absolute bucket values after adding this batch's deltas."""
-    out: dict[bytes, bytes] = {}
-    for (label, vendor, market, start_ms), delta in deltas.buckets.items():
-        key = bucket_key(partition, label, vendor, market, start_ms)
-        raw = load(key)
-        counts = decode_counts(raw) if raw is not None else [0.0] * len(delta)
-        add_into(counts, delta)
-        out[key] = _msgpack.encode(counts)
-    return out
+    def rebuild(self, records: Iterable[tuple[int, bytes]]) -> None:
+        """Recompute every bucket from (partition, encoded decision state) records."""
+        by_partition: dict[int, Deltas] = {}
+        for partition, raw in records:
+            add_contribution(decode_state(raw), by_partition.setdefault(partition, Deltas()))
+        self.counts.clear()
+        for partition, deltas in by_partition.items():
+            self.apply(partition, deltas)
+        self.dirty = set(self.counts)
+
+    def take_dirty(self) -> list[tuple[BookKey, Counts]]:
+        keys, self.dirty = self.dirty, set()
+        return [(k, list(self.counts[k])) for k in keys if k in self.counts]
+
+    def mark_dirty(self, keys: Iterable[BookKey]) -> None:
+        self.dirty.update(keys)
 
 
 def pair_key(policy_label: str, vendor_id: str) -> bytes:

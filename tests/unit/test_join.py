@@ -101,3 +101,31 @@ def test_shuffled_and_duplicated_stream_gives_the_same_counts() -> None:
     rng.shuffle(noisy)
     shuffled, _ = run(noisy, 37)
     assert shuffled == clean
+
+
+def test_rate_book_rebuilt_from_decision_states_equals_the_incremental_one() -> None:
+    from services.common.wire import partition_for
+    from services.scorer.pipeline import RateBook
+
+    rng = random.Random(5)
+    events: list[WireEvent] = []
+    for n in range(400):
+        did = f"d{n}"
+        events.append(wire("decision", factories.decision(did, market=rng.choice(["DE", "FR"]))))
+        events.append(
+            wire("verdict", factories.verdict(did, error=n % 9 == 0, event_time=factories.ts(rng.randrange(3600))))
+        )
+        if n % 13 == 0:
+            events.append(wire("appeal", factories.appeal(did)))
+    rng.shuffle(events)
+    stores: dict[int, dict[bytes, bytes]] = {0: {}, 1: {}}
+    live = RateBook()
+    for i in range(0, len(events), 25):
+        for p in (0, 1):
+            batch = [e for e in events[i : i + 25] if partition_for(e.decision_id, 2) == p]
+            writes, deltas = score_batch(batch, stores[p].get)
+            stores[p].update(writes)
+            live.apply(p, deltas)
+    rebuilt = RateBook()
+    rebuilt.rebuild((p, raw) for p, store in stores.items() for raw in store.values())
+    assert rebuilt.counts == {k: v for k, v in live.counts.items() if any(v)}
