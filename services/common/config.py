@@ -94,7 +94,7 @@ class ScorerSettings(CommonSettings):
     false_alerts_per_day: float = Field(1.0, gt=0, description="fleet-wide false-alert budget")
     monitored_pairs: int = Field(320, ge=1, description="(policy_label, vendor_id) pairs in the fleet")
     min_arl0: float = Field(5_000, gt=10)
-    resolve_threshold: float = Field(4.0, gt=0)
+    resolve_threshold: float = Field(6.0, gt=0, description="downward-CUSUM threshold that resolves an alert")
 
     def monitor_policy(self) -> MonitorPolicy:
         from services.scorer.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_UNDER, RULES, MonitorPolicy

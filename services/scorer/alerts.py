@@ -83,7 +83,7 @@ class MonitorPolicy:
     false_alerts_per_day: float = 1.0
     monitors_in_fleet: int = 960
     min_arl0: float = 5_000.0
-    resolve_threshold: float = 4.0
+    resolve_threshold: float = 6.0
 
     def sla(self, rule: str) -> float:
         return dict(self.sla_rates)[rule]
@@ -144,6 +144,12 @@ class PairMonitor:
         k = pol.prior_strength
         _, high = wilson_interval(st.base_errors + k * pol.sla(self.rule), st.base_n + k, z=LEARNING_Z)
         return high
+
+    def baseline_source(self) -> str:
+        """Where the baseline comes from: operator, learned (frozen), sla, or learning."""
+        if self.state.baseline > 0:
+            return self.state.baseline_source
+        return "sla" if self.policy.baseline_mode == "sla" else "learning"
 
     def detecting(self) -> bool:
         st, pol = self.state, self.policy
@@ -246,7 +252,7 @@ class PairMonitor:
         summary = (
             f"{self.policy_label} / {self.vendor_id}: {what} {moved}: {rate:.1%} "
             f"(95% CI {low:.1%}-{high:.1%}) on {n} verdicts since {iso(st.onset_ms)}, "
-            f"baseline {d.p0:.1%} ({st.baseline_source})" + (f"; {note}" if note else "")
+            f"baseline {d.p0:.1%} ({self.baseline_source()})" + (f"; {note}" if note else "")
         )
         return AlertEvent(
             alert_id=self.alert_id(),

@@ -65,26 +65,40 @@ def cusum_arl(p: float, up: float, down: float, h: float) -> float:
     return float(sol[0])
 
 
+def _log_arl(p0: float, up: float, down: float, h: float) -> float:
+    arl = cusum_arl(p0, up, down, h)
+    return math.log(arl) if math.isfinite(arl) and arl > 0 else math.inf
+
+
 @lru_cache(maxsize=4096)
 def threshold_for_arl(p0: float, p1: float, arl0: float) -> float:
     """Threshold h whose in-control ARL is arl0 (within 0.5%), solved on the exact chain.
 
-    log ARL is close to linear in h, so a secant iteration on it converges in a few chain
-    solves; the start is Siegmund's approximation ARL ~ (e^h - h - 1) / KL(p0 || p1).
+    log ARL is close to linear in h, so secant steps converge in a few chain solves; each step
+    is kept inside a bracket that always holds the root (falling back to bisection), starting
+    from Siegmund's approximation ARL ~ (e^h - h - 1) / KL(p0 || p1).
     """
     up, down = llr_steps(p0, p1)
     kl0 = p0 * -up + (1 - p0) * -down
     target = math.log(arl0)
-    h0 = max(0.5, math.log(arl0 * kl0 + 1))
-    h1 = h0 + 0.5
-    f0 = math.log(cusum_arl(p0, up, down, h0)) - target
-    f1 = math.log(cusum_arl(p0, up, down, h1)) - target
-    for _ in range(30):
-        if abs(f1) < 0.005 or f1 == f0:
+    lo, hi = 1e-3, max(1.0, math.log(arl0 * kl0 + 1))
+    while _log_arl(p0, up, down, hi) < target:
+        lo, hi = hi, hi * 1.5
+    f_lo, f_hi = _log_arl(p0, up, down, lo) - target, _log_arl(p0, up, down, hi) - target
+    h, f = hi, f_hi
+    for _ in range(40):
+        if 0 <= f < 0.005 or hi - lo < 1e-4:
             break
-        h0, h1 = h1, max(1e-3, h1 - f1 * (h1 - h0) / (f1 - f0))
-        f0, f1 = f1, math.log(cusum_arl(p0, up, down, h1)) - target
-    return h1 if f1 >= 0 else h1 + 0.005  # err on the side of fewer false alarms
+        finite = math.isfinite(f_lo) and math.isfinite(f_hi) and f_hi != f_lo
+        h = lo - f_lo * (hi - lo) / (f_hi - f_lo) if finite else (lo + hi) / 2
+        if not lo < h < hi:
+            h = (lo + hi) / 2
+        f = _log_arl(p0, up, down, h) - target
+        if f < 0:
+            lo, f_lo = h, f
+        else:
+            hi, f_hi = h, f
+    return hi  # the smallest bracketed threshold with ARL >= arl0: errs toward fewer false alarms
 
 
 @dataclass(slots=True)
