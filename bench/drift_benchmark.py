@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -26,10 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.scorer.alerts import MonitorPolicy, PairMonitor  # noqa: E402
-from services.scorer.drift import make_detector  # noqa: E402
+from services.scorer.alerts import MonitorPolicy, PairMonitor
+from services.scorer.drift import make_detector
 
 P0 = 0.03
 ARL0 = 100_000
@@ -197,7 +194,9 @@ def resolution(seeds: Sequence[int], threshold: float, shift_len: int) -> tuple[
         p = np.full(recover_at + 6_000, P0)
         p[CHANGE:recover_at] = 0.06
         xs = (rng.random(len(p)) < p).tolist()
-        m = PairMonitor("error_rate", "L", "V", MonitorPolicy(baseline_mode="sla", arl0=ARL0, resolve_threshold=threshold))
+        m = PairMonitor(
+            "error_rate", "L", "V", MonitorPolicy(baseline_mode="sla", arl0=ARL0, resolve_threshold=threshold)
+        )
         fired_in_episode = False
         for i, x in enumerate(xs):
             ev = m.update(x, i)
