@@ -8,6 +8,10 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.common.config import CommonSettings
 
 log = logging.getLogger("modq.cli")
 
@@ -66,22 +70,30 @@ def _check_schema(url: str, auto_migrate: bool) -> None:
     asyncio.run(check())
 
 
-def _scorer(args: argparse.Namespace) -> int:
-    from faust import Worker
-
-    from services.common.config import ScorerSettings
-    from services.common.logging import configure_logging, json_logging_config
+def _schema_ready(settings: CommonSettings) -> bool:
+    """Migrate or verify the schema; log why and return False when the service must not start."""
     from services.common.migrate import SchemaOutOfDate
-    from services.scorer.app import Scorer
 
-    settings = ScorerSettings()
-    configure_logging(settings.log_level, "scorer")
     try:
         _check_schema(settings.database_url, settings.auto_migrate)
     except SchemaOutOfDate as exc:
         log.error(str(exc))
-        return 2
+        return False
+    return True
+
+
+def _scorer(args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from services.common.config import ScorerSettings
     from services.common.kafka import ensure_topics
+    from services.common.logging import configure_logging, json_logging_config
+    from services.scorer.app import Scorer
+
+    settings = ScorerSettings()
+    configure_logging(settings.log_level, "scorer")
+    if not _schema_ready(settings):
+        return 2
 
     # Declared up front with the configured partition count: Faust checks that every table's
     # changelog has as many partitions as its source topic.
@@ -109,14 +121,10 @@ def _api(args: argparse.Namespace) -> int:
     from services.api.app import create_api
     from services.common.config import ApiSettings
     from services.common.logging import configure_logging
-    from services.common.migrate import SchemaOutOfDate
 
     settings = ApiSettings()
     configure_logging(settings.log_level, "api")
-    try:
-        _check_schema(settings.database_url, settings.auto_migrate)
-    except SchemaOutOfDate as exc:
-        log.error(str(exc))
+    if not _schema_ready(settings):
         return 2
     uvicorn.run(
         create_api(settings),
