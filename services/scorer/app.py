@@ -12,6 +12,7 @@ tables, so it survives restarts.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from typing import Any
@@ -185,6 +186,17 @@ class Scorer:
         class Health(View):
             async def get(self, request: Request) -> Response:
                 return self.json({"status": "ok"})
+
+        @app.page("/debug/tasks")
+        class Tasks(View):
+            """Where every asyncio task of the worker is waiting: for diagnosing stalls."""
+
+            async def get(self, request: Request) -> Response:
+                out = io.StringIO()
+                for task in asyncio.all_tasks():
+                    out.write(f"--- {task.get_name()} {task.get_coro()!r}\n")
+                    task.print_stack(limit=12, file=out)
+                return self.text(out.getvalue())
 
         @app.page("/readyz")
         class Ready(View):
