@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import IngestSettings
@@ -163,14 +164,38 @@ class IngestService:
             await self.process(
                 [(self.settings.input_topics[tp.topic], rec) for tp, recs in polled.items() for rec in recs]
             )
-            await self.consumer.commit()
+            try:
+                await self.consumer.commit()
+            except (CommitFailedError, IllegalStateError) as exc:
+                # A rebalance took the partitions away: their new owner re-reads from the last
+                # commit, and the scorer's idempotent state absorbs the repeat.
+                log.warning("commit skipped after rebalance", extra={"error": str(exc)})
             self.metrics.last_processed.set(time.time())
 
     async def process(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]]) -> None:
-        """Route records and wait until every resulting message is acknowledged by the broker."""
+        """Route records and wait until every resulting message is acknowledged by the broker.
+
+        Sending is retried with backoff for as long as the broker refuses it (the service reports
+        not ready meanwhile); nothing is committed before it succeeds, so nothing is lost.
+        """
+        out = self.router.route(records, int(time.time() * 1000))
+        delay = 0.2
+        while True:
+            try:
+                await self._send(out)
+                self.ready = True
+                return
+            except KafkaError as exc:
+                if self._stopping.is_set():
+                    raise
+                self.ready = False
+                log.warning("produce failed; retrying", extra={"error": str(exc), "retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _send(self, out: Outcome) -> None:
         assert self.producer is not None
         s = self.settings
-        out = self.router.route(records, int(time.time() * 1000))
         futures = []
         for partition, events in out.batches.items():
             futures.append(await self.producer.send(s.topic_events, encode_batch(events), partition=partition))
