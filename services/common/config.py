@@ -117,6 +117,8 @@ class ScorerSettings(CommonSettings):
         )
 
     flush_interval_s: float = Field(1.0, gt=0)
+    scorer_stall_timeout_s: float = Field(120.0, gt=0, description="no progress with input waiting: unhealthy")
+    scorer_exit_on_stall: bool = Field(True, description="exit (for the supervisor to restart) on a stall")
     faust_session_timeout_s: float = 30.0
     faust_rebalance_timeout_s: float = 30.0
 

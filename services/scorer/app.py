@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import time
 from typing import Any
 
 import faust
 import msgspec
+from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -73,6 +75,9 @@ class Scorer:
         self.engine: AsyncEngine | None = None
         self.sink: DbSink | None = None
         self.book = RateBook()
+        # events partition -> (next offset to process, monotonic time it last advanced)
+        self.progress: dict[int, tuple[int, float]] = {}
+        self.stalled: list[int] = []
         self.ready = False
         self.policy = s.monitor_policy()
         self.app = app = faust.App(
@@ -115,13 +120,14 @@ class Scorer:
         async def score(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
                 batch = decode_batch(event.value)
+                partition = event.message.partition
                 writes, deltas = score_batch(batch, self.decisions.get)
-                for key, value in writes.items():
-                    self.decisions[key] = value
-                self.book.apply(event.message.partition, deltas)
+                sent = [await self._put(self.decisions, key, value, partition) for key, value in writes.items()]
+                self.book.apply(partition, deltas)
+                self.progress[partition] = (event.message.offset + 1, time.monotonic())
                 for pair, payload in group_outcomes(deltas).items():
-                    await self.outcomes_topic.send(key=pair, value=payload)
-                await self._durable()
+                    sent.append(await self.outcomes_topic.send(key=pair, value=payload))
+                await asyncio.gather(*sent)  # durable before Faust may commit this offset
                 m.batches.inc()
                 m.events.inc(len(batch))
                 m.outcomes.inc(len(deltas.outcomes))
@@ -134,15 +140,17 @@ class Scorer:
         async def run_detectors(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
                 state, changes = detect(event.key, event.value, self.monitors.get, self.policy)
-                self.monitors[event.key] = state
+                sent = [await self._put(self.monitors, event.key, state, event.message.partition)]
                 for change in changes:
                     m.alert_changes.labels(change.status).inc()
                     log.warning(
                         "alert " + change.status,
                         extra={"alert_id": change.alert_id, "dedup_key": change.dedup_key, "summary": change.summary},
                     )
-                    await self.alerts_topic.send(key=change.dedup_key.encode(), value=_encode_alert(change))
-                await self._durable()
+                    sent.append(
+                        await self.alerts_topic.send(key=change.dedup_key.encode(), value=_encode_alert(change))
+                    )
+                await asyncio.gather(*sent)
 
         @app.agent(self.alerts_topic, name="record_alerts")
         async def record_alerts(stream: faust.StreamT[bytes]) -> None:
@@ -158,9 +166,6 @@ class Scorer:
         async def on_start() -> None:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
-            # Table writes queue changelog records; Faust pauses the stream past 100 of them,
-            # which a batch of a few thousand events always exceeds.
-            app.producer.buffer.max_messages = 20_000
 
         @app.on_rebalance_complete.connect
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
@@ -171,7 +176,13 @@ class Scorer:
                 for key, raw in self.decisions.items()
                 if (p := partition_for(key.decode(), s.partitions)) in owned
             )
+            now = time.monotonic()
+            self.progress = {p: (self.progress.get(p, (-1, now))[0], now) for p in owned}
             self.ready = True
+
+        @app.timer(interval=5.0)
+        async def watch_progress() -> None:
+            await self.check_progress()
 
         scorer = self
 
@@ -185,6 +196,8 @@ class Scorer:
         @app.page("/healthz")
         class Health(View):
             async def get(self, request: Request) -> Response:
+                if scorer.stalled:
+                    return self.json({"status": "stalled", "partitions": sorted(scorer.stalled)}, status=503)
                 return self.json({"status": "ok"})
 
         @app.page("/debug/tasks")
@@ -205,18 +218,49 @@ class Scorer:
                     return self.json({"status": "ready"})
                 return self.json({"status": "recovering"}, status=503)
 
-    async def _durable(self) -> None:
-        """Wait until every changelog and output record of this batch is acknowledged by the broker.
+    async def check_progress(self) -> None:
+        """Liveness: a partition with records waiting and no progress for too long is a stall.
 
-        Faust commits a source offset after flushing its producer, but its buffer flush gives up
-        after 0.1 s with records still queued, so a crash right after a commit could lose state
-        for events that are never redelivered. Waiting here, before the event is acknowledged,
-        makes every committed offset's effects durable (at-least-once plus idempotent state).
+        Guards against consumers that stop fetching a partition after a rebalance (seen on the
+        local broker; faust-streaming issue #629). The process reports unhealthy and, unless
+        configured otherwise, exits so that its supervisor restarts it; everything it acknowledged
+        is already durable, so a restart loses nothing.
         """
-        producer = self.app.producer
-        while producer.buffer.size:
-            await producer.buffer.flush()
-        await producer.flush()
+        if not self.ready or not self.progress:
+            return
+        tps = [TP(self.settings.topic_events, p) for p in self.progress]
+        try:
+            ends = await self.app.consumer.highwaters(*tps)
+        except Exception:
+            return
+        committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust keeps no public view
+        now, stalled = time.monotonic(), []
+        for tp in tps:
+            done, since = self.progress[tp.partition]
+            if done < 0:
+                done = committed.get(tp) or 0
+            end = ends.get(tp)
+            if end is not None and end > done and now - since > self.settings.scorer_stall_timeout_s:
+                stalled.append(tp.partition)
+        self.stalled = stalled
+        if stalled:
+            log.error("scorer stalled", extra={"partitions": stalled, "topic": self.settings.topic_events})
+            if self.settings.scorer_exit_on_stall:
+                os._exit(70)  # a hung Faust shutdown must not keep a stalled worker alive
+
+    async def _put(self, table: Any, key: bytes, value: bytes, partition: int) -> asyncio.Future[Any]:
+        """Write a table entry and return the future of its changelog record.
+
+        Faust's own path (``table[key] = value``) queues the changelog record in a buffer that its
+        pre-commit flush does not reliably drain (it gives up after 0.1 s, and a record taken off
+        the queue is not yet in the client), so a crash could commit an offset whose state was
+        never written. Sending the changelog record ourselves, to the partition Faust recovers it
+        from, and awaiting it before the event is acknowledged makes every committed offset's
+        state durable.
+        """
+        table.data[key] = value
+        fut: asyncio.Future[Any] = await table.changelog_topic.send(key=key, value=value, partition=partition)
+        return fut
 
     # -- database -------------------------------------------------------------------------
 

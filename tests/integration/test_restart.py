@@ -13,10 +13,11 @@ from tests.kafkautil import produce
 from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
 
 
-# Known issue: in about 1 run in 4 the restarted worker recovers its tables, then stops fetching
-# one partition of modq.events (the other keeps flowing; the diagnostics below show it). This
-# matches faust-streaming issue #629 ("certain topic partitions are not sending fetch requests").
-# Kept out of the default run until the scorer has a stall watchdog; run it with `pytest -m restart`.
+# In about 1 run in 4 the restarted worker recovers its tables, then stops fetching one partition
+# of modq.events (faust-streaming issue #629). The scorer's stall watchdog then exits and the
+# test, standing in for the supervisor, starts it again. Open bug: after such a stall-and-restart
+# the final count has twice come out one verdict short (799 of 800), so this test is kept out of
+# the default run (`pytest -m restart` runs it) until that is found.
 async def diagnose(env: dict[str, str]) -> str:
     """What the scorer processed versus what ingest produced, for a failure message."""
     from services.common.wire import decode_batch
@@ -41,7 +42,7 @@ async def test_scorer_killed_mid_stream_recovers_its_state(
     service_env: dict[str, str], database_url: str, spawn: Callable[..., Service]
 ) -> None:
     api_port = free_port()
-    env = {**service_env, "MODQ_DATABASE_URL": database_url}
+    env = {**service_env, "MODQ_DATABASE_URL": database_url, "MODQ_SCORER_STALL_TIMEOUT_S": "20"}
     scorer = spawn(["scorer"], env, "scorer-1")
     spawn(["ingest", "--port", str(free_port())], env, "ingest")
     spawn(["api", "--port", str(api_port)], env, "api")
@@ -63,9 +64,16 @@ async def test_scorer_killed_mid_stream_recovers_its_state(
         await asyncio.sleep(1.0)
         assert scorer.stop(kill=True) == -9
         await produce(bootstrap, rest)  # verdicts and appeals arrive while the scorer is down
-        spawn(["scorer"], env, "scorer-2")
+        scorers = [spawn(["scorer"], env, "scorer-2")]
+
+        async def supervised_matches() -> object:
+            # Stand-in for the process supervisor: a scorer that exits (on a detected stall) is restarted.
+            if scorers[-1].proc is not None and scorers[-1].proc.poll() is not None:
+                scorers.append(spawn(["scorer"], env, f"scorer-{len(scorers) + 2}"))
+            return await matches(client, traffic)
+
         try:
-            await eventually(lambda: matches(client, traffic), 180)
+            await eventually(supervised_matches, 240)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{await diagnose(env)}") from None
         await produce(bootstrap, traffic.phase(DRIFT, 400, 5, 3600))
