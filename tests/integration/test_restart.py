@@ -31,7 +31,7 @@ async def diagnose(env: dict[str, str]) -> str:
         text = (await web.get("/metrics")).text
         tasks = (await web.get("/debug/tasks")).text
     lines = [ln for ln in text.splitlines() if ln.startswith(("modq_scorer_events_total", "modq_scorer_batches_total"))]
-    agents = "\n".join(b for b in tasks.split("--- ") if "Agent" in b or "score" in b or "_durable" in b)
+    agents = "\n".join(b for b in tasks.split("--- ") if "Agent" in b or "score" in b or "_put" in b)
     return f"events topic batches per partition: {per_partition}; scorer: {lines}\n{agents[-6000:]}"
 
 
