@@ -120,6 +120,7 @@ class PairMonitor:
     state: MonitorState = field(default_factory=MonitorState)
     detector: BernoulliCusum | None = field(init=False, default=None)
     _design: tuple[float, float] = field(init=False, default=(0.0, 0.0))
+    _recovery: BernoulliRecovery | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._refresh()
@@ -173,6 +174,7 @@ class PairMonitor:
         s, n, e = self.detector.to_state() if self.detector is not None else self.state.cusum
         self.detector = BernoulliCusum(p0_r, p1, h)
         self.detector.load_state([s, n, e])
+        self._recovery = BernoulliRecovery(p0_r, p1, self.policy.resolve_threshold)
 
     def snapshot(self) -> MonitorState:
         assert self.detector is not None
@@ -205,7 +207,8 @@ class PairMonitor:
         if st.firing:
             st.since_onset_n += 1
             st.since_onset_errors += hit
-            recovery = BernoulliRecovery(d.p0, d.p1, pol.resolve_threshold)
+            recovery = self._recovery
+            assert recovery is not None
             recovery.r = st.recovery
             resolved = recovery.update(hit)
             st.recovery = recovery.r
