@@ -1,4 +1,4 @@
-"""The `modq` command: dev, ingest, scorer, api, simulate, migrate."""
+"""The `modq` command: dev, ingest, scorer, api, notifier, simulate, migrate, keys."""
 
 from __future__ import annotations
 
@@ -54,6 +54,77 @@ def _ingest(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def _notifier(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.common.config import NotifierSettings
+    from services.common.logging import configure_logging
+    from services.notifier.http import create_notifier_app
+    from services.notifier.service import Notifier, ensure_notifier_topics
+
+    settings = NotifierSettings()
+    configure_logging(settings.log_level, "notifier")
+    if not _schema_ready(settings):
+        return 2
+
+    async def main() -> None:
+        await ensure_notifier_topics(settings)
+        notifier = Notifier(settings)
+        await notifier.start()
+        app = create_notifier_app(notifier)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host=args.host or settings.notifier_host, port=args.port or settings.notifier_port, log_config=None
+            )
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(notifier.stop()))
+        http = asyncio.create_task(server.serve(), name="notifier-http")
+        try:
+            await notifier.run()  # returns after stop(): the lane in flight finishes its record first
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await http
+            await notifier.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from services.common.auth import create_key, list_keys, revoke_key
+    from services.common.config import CommonSettings
+    from services.common.db import make_engine
+
+    settings = CommonSettings()
+    if not _schema_ready(settings):
+        return 2
+
+    async def main() -> int:
+        engine = make_engine(settings.database_url)
+        try:
+            if args.keys_command == "create":
+                key_id, key = await create_key(engine, args.name, args.role)
+                print(f"key_id: {key_id}\nrole: {args.role}\nkey (shown once, store it now): {key}")
+            elif args.keys_command == "revoke":
+                if not await revoke_key(engine, args.key_id):
+                    print(f"no active key {args.key_id}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.key_id}")
+            else:
+                for k in await list_keys(engine):
+                    state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+                    print(f"{k['key_id']}\t{k['role']}\t{k['name']}\tcreated {k['created_at']}\t{state}")
+            return 0
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
 
 
 def _check_schema(url: str, auto_migrate: bool) -> None:
@@ -193,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (
         ("ingest", _ingest, "validate upstream events into the scorer topic; HTTP batch endpoint"),
         ("api", _api, "serve the HTTP API"),
+        ("notifier", _notifier, "deliver alerts to Alertmanager, PagerDuty, Slack and a signed webhook"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--host", default=None)
@@ -201,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("scorer", help="run the Faust scorer worker").set_defaults(func=_scorer)
     sub.add_parser("migrate", help="upgrade the database schema to head").set_defaults(func=_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys (viewer, operator, admin)")
+    keys.set_defaults(func=_keys)
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True, help="who or what uses the key (recorded as the actor)")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    ksub.add_parser("list", help="list keys (never the secrets)")
+    revoke = ksub.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
 
     sim = sub.add_parser("simulate", help="publish realistic traffic to the upstream topics")
     sim.add_argument("--rate", type=float, default=400.0, help="decisions per second")

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.common.actions import AlertAction, encode_action, new_action
+from services.common.auth import Principal, Role, authenticate
 from services.common.config import ApiSettings
-from services.common.db import alerts, make_engine, rate_buckets
+from services.common.db import alert_history, alerts, make_engine, rate_buckets, silences
+from services.common.history import apply_action
 from services.common.kafka import make_producer
 from services.common.migrate import ensure_schema
 from services.scorer.pipeline import Rebaseline, encode_rebaseline, pair_key
@@ -70,6 +75,7 @@ class AlertItem(BaseModel):
     resolved_at: datetime | None
     acknowledged_at: datetime | None
     acknowledged_by: str | None
+    resolved_by: str | None = None
     baseline_rate: float
     observed_rate: float
     ci_low: float
@@ -97,14 +103,94 @@ class Accepted(BaseModel):
     detail: str
 
 
+HANDLE = Field(
+    None, min_length=1, max_length=128, description="who acts (a handle, not an email); default: the key's name"
+)
+COMMENT = Field(None, max_length=2000)
+
+
 class AckRequest(BaseModel):
-    by: str = Field(..., min_length=1, max_length=128, description="who acknowledges (a handle, not an email)")
+    by: str | None = HANDLE
+    comment: str | None = COMMENT
+
+
+class ResolveRequest(BaseModel):
+    by: str | None = HANDLE
+    comment: str | None = COMMENT
+
+
+class CommentRequest(BaseModel):
+    by: str | None = HANDLE
+    comment: str = Field(..., min_length=1, max_length=2000)
+
+
+class SilenceRequest(BaseModel):
+    until: datetime = Field(..., description="notifications for the pair are held back until this time")
+    by: str | None = HANDLE
+    comment: str | None = COMMENT
+
+
+class HistoryItem(BaseModel):
+    event_id: str
+    alert_id: str | None
+    policy_label: str
+    vendor_id: str
+    rule: str | None
+    action: str
+    actor: str
+    key_id: str | None
+    at: datetime
+    until: datetime | None
+    comment: str | None
+    detail: str
+
+
+class HistoryList(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None = None
+
+
+class SilenceItem(BaseModel):
+    policy_label: str
+    vendor_id: str
+    until: datetime
+    created_by: str
+    created_at: datetime
+    comment: str | None
+
+
+EXPORT_COLUMNS = (
+    "alert_id",
+    "rule",
+    "policy_label",
+    "vendor_id",
+    "error_type",
+    "status",
+    "started_at",
+    "onset_at",
+    "resolved_at",
+    "acknowledged_at",
+    "acknowledged_by",
+    "resolved_by",
+    "baseline_rate",
+    "observed_rate",
+    "ci_low",
+    "ci_high",
+    "verdicts",
+    "errors",
+    "summary",
+)
 
 
 def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _aware(row: Any) -> dict[str, Any]:
+    """A row as a dict with timestamps made timezone-aware (SQLite returns naive ones)."""
+    return {k: _utc(v) if isinstance(v, datetime) else v for k, v in dict(row).items()}
 
 
 def _encode_cursor(started_at: datetime, alert_id: str) -> str:
@@ -140,6 +226,34 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
     producer: dict[str, AIOKafkaProducer] = {}  # started on first use: the API must run without Kafka
 
+    async def principal(request: Request) -> Principal | None:
+        header = request.headers.get("authorization", "")
+        key = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if not key:
+            return None
+        who = await authenticate(request.app.state.engine, key)
+        if who is None:
+            raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        return who
+
+    def require(role: Role) -> Any:
+        async def check(who: Annotated[Principal | None, Depends(principal)]) -> Principal:
+            if who is None:
+                raise HTTPException(
+                    401, f"an API key with role {role} is required", headers={"WWW-Authenticate": "Bearer"}
+                )
+            if not who.may(role):
+                raise HTTPException(403, f"role {who.role} may not do this; needs {role}")
+            return who
+
+        return check
+
+    async def reader(who: Annotated[Principal | None, Depends(principal)]) -> None:
+        if settings.api_read_requires_key and who is None:
+            raise HTTPException(401, "an API key with role viewer is required", headers={"WWW-Authenticate": "Bearer"})
+
+    Operator = Annotated[Principal, Depends(require("operator"))]
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
@@ -171,7 +285,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         latency.labels(path).observe(time.perf_counter() - start)
         return response
 
-    @app.get("/v1/rates", response_model=RateList)
+    @app.get("/v1/rates", response_model=RateList, dependencies=[Depends(reader)])
     async def get_rates(
         engine: EngineDep,
         policy_label: str | None = None,
@@ -226,8 +340,11 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
                 )
         return RateList(items=items)
 
+    def _history_item(row: dict[str, object]) -> HistoryItem:
+        return HistoryItem.model_validate(_aware(row))
+
     def _alert_item(row: dict[str, object]) -> AlertItem:
-        data = {k: _utc(v) if isinstance(v, datetime) else v for k, v in row.items()}
+        data = _aware(row)
         base = settings.public_api_url.rstrip("/")
         data["links"] = {
             "self": f"{base}/v1/alerts/{row['alert_id']}",
@@ -235,7 +352,23 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         }
         return AlertItem.model_validate(data)
 
-    @app.get("/v1/alerts", response_model=AlertList)
+    def _alert_query(
+        status: AlertStatus | None, policy_label: str | None, vendor_id: str | None, rule: str | None
+    ) -> Any:
+        stmt = select(alerts).order_by(alerts.c.started_at.desc(), alerts.c.alert_id.desc())
+        filters = (("status", status), ("policy_label", policy_label), ("vendor_id", vendor_id), ("rule", rule))
+        for col, value in filters:
+            if value is not None:
+                stmt = stmt.where(alerts.c[col] == value)
+        return stmt
+
+    def _after(stmt: Any, cursor: str | None) -> Any:
+        if not cursor:
+            return stmt
+        ts, alert_id = _decode_cursor(cursor)
+        return stmt.where(or_(alerts.c.started_at < ts, and_(alerts.c.started_at == ts, alerts.c.alert_id < alert_id)))
+
+    @app.get("/v1/alerts", response_model=AlertList, dependencies=[Depends(reader)])
     async def list_alerts(
         engine: EngineDep,
         status: AlertStatus | None = None,
@@ -246,16 +379,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         cursor: str | None = Query(None, description="next_cursor of the previous page"),
     ) -> AlertList:
         """Alert history, newest first, keyset-paginated."""
-        stmt = select(alerts).order_by(alerts.c.started_at.desc(), alerts.c.alert_id.desc()).limit(limit + 1)
-        filters = (("status", status), ("policy_label", policy_label), ("vendor_id", vendor_id), ("rule", rule))
-        for col, value in filters:
-            if value is not None:
-                stmt = stmt.where(alerts.c[col] == value)
-        if cursor:
-            ts, alert_id = _decode_cursor(cursor)
-            stmt = stmt.where(
-                or_(alerts.c.started_at < ts, and_(alerts.c.started_at == ts, alerts.c.alert_id < alert_id))
-            )
+        stmt = _after(_alert_query(status, policy_label, vendor_id, rule), cursor).limit(limit + 1)
         async with engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         items = [_alert_item(dict(r)) for r in rows[:limit]]
@@ -265,48 +389,207 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
             next_cursor = _encode_cursor(last["started_at"], last["alert_id"])
         return AlertList(items=items, next_cursor=next_cursor)
 
-    @app.get("/v1/alerts/{alert_id}", response_model=AlertItem)
-    async def get_alert(alert_id: str, engine: EngineDep) -> AlertItem:
+    @app.get(
+        "/v1/alerts/export.csv",
+        dependencies=[Depends(reader)],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    async def export_alerts(
+        engine: EngineDep,
+        status: AlertStatus | None = None,
+        policy_label: str | None = None,
+        vendor_id: str | None = None,
+        rule: str | None = None,
+    ) -> StreamingResponse:
+        """Every matching alert as CSV, newest first (streamed page by page)."""
+        base = _alert_query(status, policy_label, vendor_id, rule)
+
+        async def rows() -> AsyncIterator[str]:
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(EXPORT_COLUMNS)
+            cursor: str | None = None
+            while True:
+                async with engine.connect() as conn:
+                    page = (await conn.execute(_after(base, cursor).limit(1000))).mappings().all()
+                for r in map(_aware, page):
+                    writer.writerow([r[c].isoformat() if isinstance(r[c], datetime) else r[c] for c in EXPORT_COLUMNS])
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+                if len(page) < 1000:
+                    return
+                cursor = _encode_cursor(page[-1]["started_at"], page[-1]["alert_id"])
+
+        return StreamingResponse(
+            rows(), media_type="text/csv", headers={"Content-Disposition": 'attachment; filename="alerts.csv"'}
+        )
+
+    async def _load_alert(engine: AsyncEngine, alert_id: str) -> dict[str, object]:
         async with engine.connect() as conn:
             row = (await conn.execute(select(alerts).where(alerts.c.alert_id == alert_id))).mappings().first()
         if row is None:
             raise HTTPException(404, f"no alert {alert_id}")
-        return _alert_item(dict(row))
+        return dict(row)
+
+    @app.get("/v1/alerts/{alert_id}", response_model=AlertItem, dependencies=[Depends(reader)])
+    async def get_alert(alert_id: str, engine: EngineDep) -> AlertItem:
+        return _alert_item(await _load_alert(engine, alert_id))
+
+    async def _publish(action: AlertAction) -> None:
+        """Put the action on the actions topic (the log) before the database (the view) changes."""
+        try:
+            if "p" not in producer:
+                p = make_producer(settings)
+                await p.start()
+                producer["p"] = p
+            key = action.alert_id or pair_key(action.policy_label, action.vendor_id)
+            await (await producer["p"].send(settings.topic_alert_actions, encode_action(action), key=key))
+        except KafkaError:
+            log.warning("could not publish alert action", extra={"action_id": action.action_id})
+            raise HTTPException(503, "Kafka unavailable, retry later") from None
+
+    async def _act_on_alert(
+        engine: AsyncEngine, alert_id: str, kind: str, who: Principal, by: str | None, comment: str | None
+    ) -> AlertItem:
+        row = await _load_alert(engine, alert_id)
+        action = new_action(
+            action=kind,
+            alert_id=alert_id,
+            policy_label=row["policy_label"],
+            vendor_id=row["vendor_id"],
+            rule=row["rule"],
+            actor=by or who.name,
+            key_id=who.key_id,
+            comment=comment,
+        )
+        await _publish(action)
+        await apply_action(engine, action)
+        return _alert_item(await _load_alert(engine, alert_id))
 
     @app.post("/v1/alerts/{alert_id}/ack", response_model=AlertItem)
-    async def acknowledge(alert_id: str, body: AckRequest, engine: EngineDep) -> AlertItem:
+    async def acknowledge(alert_id: str, engine: EngineDep, who: Operator, body: AckRequest | None = None) -> AlertItem:
         """Acknowledge a firing alert (idempotent; a resolved alert stays resolved)."""
-        async with engine.begin() as conn:
-            await conn.execute(
-                update(alerts)
-                .where(alerts.c.alert_id == alert_id, alerts.c.status == "firing")
-                .values(status="acknowledged", acknowledged_at=datetime.now(tz=UTC), acknowledged_by=body.by)
+        body = body or AckRequest()
+        return await _act_on_alert(engine, alert_id, "acknowledged", who, body.by, body.comment)
+
+    @app.post("/v1/alerts/{alert_id}/resolve", response_model=AlertItem)
+    async def resolve(alert_id: str, engine: EngineDep, who: Operator, body: ResolveRequest | None = None) -> AlertItem:
+        """Resolve an alert by hand; receivers are told, the detector keeps watching the pair."""
+        body = body or ResolveRequest()
+        return await _act_on_alert(engine, alert_id, "resolved", who, body.by, body.comment)
+
+    @app.post("/v1/alerts/{alert_id}/comments", response_model=AlertItem)
+    async def comment(alert_id: str, body: CommentRequest, engine: EngineDep, who: Operator) -> AlertItem:
+        """Add a comment to an alert's history."""
+        return await _act_on_alert(engine, alert_id, "commented", who, body.by, body.comment)
+
+    @app.get("/v1/alerts/{alert_id}/history", response_model=HistoryList, dependencies=[Depends(reader)])
+    async def alert_history_of(alert_id: str, engine: EngineDep) -> HistoryList:
+        """Every state change and comment of one alert, oldest first."""
+        await _load_alert(engine, alert_id)
+        stmt = select(alert_history).where(alert_history.c.alert_id == alert_id)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(stmt.order_by(alert_history.c.at, alert_history.c.event_id))).mappings()
+            return HistoryList(items=[_history_item(dict(r)) for r in rows])
+
+    @app.get("/v1/history", response_model=HistoryList, dependencies=[Depends(reader)])
+    async def history(
+        engine: EngineDep,
+        policy_label: str | None = None,
+        vendor_id: str | None = None,
+        action: str | None = Query(None, description="fired, resolved, acknowledged, silenced, commented, ..."),
+        limit: int = Query(100, ge=1, le=1000),
+        cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    ) -> HistoryList:
+        """Every state change of every alert and pair (who and when), newest first, keyset-paginated."""
+        h = alert_history.c
+        stmt = select(alert_history).order_by(h.at.desc(), h.event_id.desc()).limit(limit + 1)
+        for col, value in (("policy_label", policy_label), ("vendor_id", vendor_id), ("action", action)):
+            if value is not None:
+                stmt = stmt.where(h[col] == value)
+        if cursor:
+            ts, event_id = _decode_cursor(cursor)
+            stmt = stmt.where(or_(h.at < ts, and_(h.at == ts, h.event_id < event_id)))
+        async with engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = _encode_cursor(rows[limit - 1]["at"], rows[limit - 1]["event_id"])
+        return HistoryList(items=[_history_item(dict(r)) for r in rows[:limit]], next_cursor=next_cursor)
+
+    @app.post("/v1/pairs/{policy_label}/{vendor_id}/silence", response_model=SilenceItem)
+    async def silence(
+        policy_label: str, vendor_id: str, body: SilenceRequest, engine: EngineDep, who: Operator
+    ) -> SilenceItem:
+        """Hold back notifications for a pair until a time (detection and history go on)."""
+        until = _utc(body.until)
+        assert until is not None
+        if until <= datetime.now(tz=UTC):
+            raise HTTPException(422, "until must be in the future")
+        action = new_action(
+            action="silenced",
+            policy_label=policy_label,
+            vendor_id=vendor_id,
+            actor=body.by or who.name,
+            key_id=who.key_id,
+            until=until.isoformat().replace("+00:00", "Z"),
+            comment=body.comment,
+        )
+        await _publish(action)
+        await apply_action(engine, action)
+        async with engine.connect() as conn:
+            row = (
+                (
+                    await conn.execute(
+                        select(silences).where(
+                            silences.c.policy_label == policy_label, silences.c.vendor_id == vendor_id
+                        )
+                    )
+                )
+                .mappings()
+                .one()
             )
-            row = (await conn.execute(select(alerts).where(alerts.c.alert_id == alert_id))).mappings().first()
-        if row is None:
-            raise HTTPException(404, f"no alert {alert_id}")
-        return _alert_item(dict(row))
+        return SilenceItem.model_validate(_aware(row))
+
+    @app.get("/v1/silences", response_model=list[SilenceItem], dependencies=[Depends(reader)])
+    async def list_silences(engine: EngineDep) -> list[SilenceItem]:
+        """Silences still in force."""
+        stmt = select(silences).where(silences.c.until > datetime.now(tz=UTC)).order_by(silences.c.until)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [SilenceItem.model_validate(_aware(r)) for r in rows]
 
     @app.post("/v1/pairs/{policy_label}/{vendor_id}/rebaseline", response_model=Accepted, status_code=202)
-    async def rebaseline(policy_label: str, vendor_id: str, body: RebaselineRequest) -> Accepted:
+    async def rebaseline(
+        policy_label: str, vendor_id: str, body: RebaselineRequest, engine: EngineDep, who: Operator
+    ) -> Accepted:
         """Re-baseline a pair's monitors: set the rate, or learn it again from now on.
 
         The request travels to the scorer on the pair's own partition, after the verdicts already queued.
         """
-        if "p" not in producer:
-            p = make_producer(settings)
-            try:
-                await p.start()
-            except KafkaError:
-                raise HTTPException(503, "Kafka unavailable, retry later") from None
-            producer["p"] = p
-        request = Rebaseline(rule=body.rule, rate=body.rate, t_ms=int(time.time() * 1000))
-        await (
-            await producer["p"].send(
-                settings.topic_outcomes, encode_rebaseline(request), key=pair_key(policy_label, vendor_id)
-            )
-        )
         what = f"baseline {body.rate:.2%}" if body.rate is not None else "learning the baseline again"
+        action = new_action(
+            action="rebaselined",
+            policy_label=policy_label,
+            vendor_id=vendor_id,
+            rule=body.rule,
+            actor=who.name,
+            key_id=who.key_id,
+            detail=f"{body.rule or 'all rules'}: {what}",
+        )
+        await _publish(action)
+        request = Rebaseline(rule=body.rule, rate=body.rate, t_ms=int(time.time() * 1000))
+        try:
+            await (
+                await producer["p"].send(
+                    settings.topic_outcomes, encode_rebaseline(request), key=pair_key(policy_label, vendor_id)
+                )
+            )
+        except KafkaError:
+            raise HTTPException(503, "Kafka unavailable, retry later") from None
+        await apply_action(engine, action)
         return Accepted(detail=f"{policy_label} / {vendor_id} ({body.rule or 'all rules'}): {what}")
 
     @app.get("/healthz")

@@ -33,6 +33,7 @@ class CommonSettings(BaseSettings):
     topic_deadletter: str = "modq.deadletter"
     topic_events: str = "modq.events"
     topic_outcomes: str = "modq.pair-outcomes"
+    topic_alert_actions: str = "modq.alert-actions"
     partitions: int = Field(8, ge=1, description="partitions of modq.events and the scorer's tables")
     public_api_url: str = "http://127.0.0.1:8000"
     log_level: str = "INFO"
@@ -128,3 +129,22 @@ class ApiSettings(CommonSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_read_requires_key: bool = Field(False, description="reads need a viewer key too (writes always need a key)")
+
+
+class NotifierSettings(CommonSettings):
+    """modq notifier: delivers alert state changes to Alertmanager, PagerDuty, Slack and a webhook."""
+
+    notifier_group_id: str = Field("modq-notifier", description="prefix of the per-receiver consumer groups")
+    notifier_host: str = "127.0.0.1"
+    notifier_port: int = 8082
+    alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093; unset: off")
+    alertmanager_resend_s: float = Field(60.0, gt=0, description="firing alerts are re-sent this often")
+    pagerduty_routing_key: str | None = Field(None, description="Events API v2 integration key; unset: off")
+    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+    slack_webhook_url: str | None = Field(None, description="Slack incoming-webhook URL; unset: off")
+    webhook_url: str | None = Field(None, description="generic signed webhook; unset: off")
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key for the webhook's signature header")
+    notify_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per delivery attempt")
+    notify_retry_initial_s: float = Field(0.5, gt=0)
+    notify_retry_max_s: float = Field(30.0, gt=0, description="cap of the exponential backoff between attempts")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -15,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.scorer.rates import COUNT_FIELDS
@@ -53,6 +56,7 @@ alerts = Table(
     Column("resolved_at", DateTime(timezone=True), nullable=True),
     Column("acknowledged_at", DateTime(timezone=True), nullable=True),
     Column("acknowledged_by", String(128), nullable=True),
+    Column("resolved_by", String(128), nullable=True),
     Column("baseline_rate", Float, nullable=False),
     Column("observed_rate", Float, nullable=False),
     Column("ci_low", Float, nullable=False),
@@ -67,6 +71,65 @@ alerts = Table(
     Index("ix_alerts_pair", "policy_label", "vendor_id", "started_at"),
     Index("ix_alerts_started", "started_at", "alert_id"),
 )
+
+alert_history = Table(
+    "alert_history",
+    metadata,
+    Column("event_id", String(80), primary_key=True),
+    Column("alert_id", String(36), nullable=True),
+    Column("policy_label", String(64), nullable=False),
+    Column("vendor_id", String(64), nullable=False),
+    Column("rule", String(64), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=True),
+    Column("comment", Text, nullable=True),
+    Column("detail", Text, nullable=False, server_default=""),
+    Index("ix_alert_history_at", "at", "event_id"),
+    Index("ix_alert_history_alert", "alert_id", "at"),
+    Index("ix_alert_history_pair", "policy_label", "vendor_id", "at"),
+)
+
+silences = Table(
+    "silences",
+    metadata,
+    Column("policy_label", String(64), nullable=False),
+    Column("vendor_id", String(64), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("comment", Text, nullable=True),
+    PrimaryKeyConstraint("policy_label", "vendor_id"),
+)
+
+notification_deliveries = Table(
+    "notification_deliveries",
+    metadata,
+    Column("receiver", String(32), nullable=False),
+    Column("delivery_key", String(120), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("receiver", "delivery_key"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+
+def insert_for(engine: AsyncEngine, table: Table) -> Any:
+    """An INSERT that supports ON CONFLICT on the engine's dialect (PostgreSQL or SQLite)."""
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import and_, case, not_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alerts, rate_buckets
+from services.common.db import alert_history, alerts, insert_for, rate_buckets
+from services.common.history import parse_ts
 from services.scorer.alerts import AlertEvent
 from services.scorer.rates import COUNT_FIELDS, Counts
 
 BucketRow = tuple[int, str, str, str, int, Counts]
 """(partition, policy_label, vendor_id, market, bucket_start_ms, counts)."""
-
-
-def _insert(engine: AsyncEngine, table: Any) -> Any:
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
-def parse_ts(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 class DbSink:
@@ -57,7 +45,7 @@ class DbSink:
         chunk = 500
         async with self.engine.begin() as conn:
             for i in range(0, len(values), chunk):
-                stmt = _insert(self.engine, rate_buckets).values(values[i : i + chunk])
+                stmt = insert_for(self.engine, rate_buckets).values(values[i : i + chunk])
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["policy_label", "vendor_id", "market", "bucket_start", "partition"],
                     set_={name: stmt.excluded[name] for name in (*COUNT_FIELDS, "updated_at")},
@@ -88,7 +76,7 @@ class DbSink:
             "summary": event.summary,
             "updated_at": datetime.now(tz=UTC),
         }
-        stmt = _insert(self.engine, alerts).values(row)
+        stmt = insert_for(self.engine, alerts).values(row)
         ex = stmt.excluded
         # A replayed "firing" never reopens a resolved alert; an acknowledgement survives updates.
         stale = and_(alerts.c.status == "resolved", ex.status != "resolved")
@@ -104,5 +92,22 @@ class DbSink:
             },
             where=not_(stale),
         )
+        fired = event.status != "resolved"
+        history = (
+            insert_for(self.engine, alert_history)
+            .values(
+                event_id=f"{event.alert_id}:{'fired' if fired else 'resolved'}",
+                alert_id=event.alert_id,
+                policy_label=event.policy_label,
+                vendor_id=event.vendor_id,
+                rule=event.rule,
+                action="fired" if fired else "resolved",
+                actor="modq-scorer",
+                at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
+                detail=event.summary,
+            )
+            .on_conflict_do_nothing(index_elements=["event_id"])
+        )
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
+            await conn.execute(history)

@@ -1,0 +1,108 @@
+"""API keys with roles: generated once, stored as SHA-256 digests, compared in constant time.
+
+A key reads ``modq_<key_id>_<secret>``: the key id finds the row, the secret (32 random bytes,
+so a plain SHA-256 is as strong as a slow hash would be) is checked against the stored digest
+with ``hmac.compare_digest``. The key itself is shown once, at creation, and never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import api_keys
+
+Role = Literal["viewer", "operator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
+_RANK = {role: i for i, role in enumerate(ROLES)}
+PREFIX = "modq"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    name: str
+    role: Role
+
+    def may(self, needed: Role) -> bool:
+        """Roles are ordered: an admin may do what an operator may, an operator what a viewer may."""
+        return _RANK[self.role] >= _RANK[needed]
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """(key_id, secret) of a well-formed key, else None.
+
+    >>> split_key("modq_k1a2b3c4_s3cr3t")
+    ('k1a2b3c4', 's3cr3t')
+    >>> split_key("nonsense") is None
+    True
+    """
+    parts = key.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+async def create_key(engine: AsyncEngine, name: str, role: Role) -> tuple[str, str]:
+    """Create a key; returns (key_id, the key). Only the digest is stored."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    key_id = "k" + secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    async with engine.begin() as conn:
+        await conn.execute(
+            api_keys.insert().values(
+                key_id=key_id, name=name, role=role, secret_sha256=digest(secret), created_at=datetime.now(tz=UTC)
+            )
+        )
+    return key_id, f"{PREFIX}_{key_id}_{secret}"
+
+
+async def revoke_key(engine: AsyncEngine, key_id: str) -> bool:
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(api_keys)
+            .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(tz=UTC))
+        )
+    return bool(result.rowcount)
+
+
+async def list_keys(engine: AsyncEngine) -> list[dict[str, object]]:
+    cols = [api_keys.c[c] for c in ("key_id", "name", "role", "created_at", "revoked_at")]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(*cols).order_by(api_keys.c.created_at))).mappings().all()
+    return [dict(r) for r in rows]
+
+
+_DUMMY = digest("not-a-key")
+
+
+async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
+    """The principal of a valid, unrevoked key; None otherwise (same work either way)."""
+    parts = split_key(key)
+    key_id, secret = parts if parts else ("", "")
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(api_keys.c.name, api_keys.c.role, api_keys.c.secret_sha256).where(
+                    api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)
+                )
+            )
+        ).first()
+    stored = row.secret_sha256 if row else _DUMMY
+    ok = hmac.compare_digest(digest(secret).encode(), stored.encode())
+    if not (ok and row and parts):
+        return None
+    return Principal(key_id=key_id, name=row.name, role=row.role)

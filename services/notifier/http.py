@@ -1,0 +1,29 @@
+"""The notifier's small HTTP surface: /metrics, /healthz, /readyz."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.notifier.service import Notifier
+
+
+def create_notifier_app(notifier: Notifier) -> FastAPI:
+    app = FastAPI(title="modq notifier", version="1")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, object]:
+        if not notifier.ready.is_set():
+            response.status_code = 503
+            return {"status": "starting", "lanes": notifier.lanes}
+        return {"status": "ready", "lanes": notifier.lanes}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(notifier.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
