@@ -69,6 +69,27 @@ def run_dev(args: argparse.Namespace) -> int:
         procs.append(_spawn("ingest", ["ingest", "--port", str(args.ingest_port)], env))
         procs.append(_spawn("scorer", ["scorer"], env))
         procs.append(_spawn("api", ["api", "--port", str(args.api_port)], env))
+        procs.append(_spawn("notifier", ["notifier"], env))
+        key = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "keys",
+                    "create",
+                    "--name",
+                    "dev-operator",
+                    "--role",
+                    "operator",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.rsplit(": ", 1)[-1]
+            .strip()
+        )
         wait_for_port("127.0.0.1", args.api_port, 60)
         procs.append(_spawn("simulate", ["simulate", "--rate", str(args.rate), "--drift", args.drift], env))
         print(f"modq is running (logs in {DEV_DIR / 'logs'}):")
@@ -76,6 +97,8 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  metrics   {api}/metrics  http://127.0.0.1:{args.ingest_port}/metrics  http://127.0.0.1:6066/metrics")
         print(f"  ingest    POST http://127.0.0.1:{args.ingest_port}/v1/events/{{decisions,verdicts,appeals}}")
         print(f"  kafka     {env['MODQ_KAFKA_BOOTSTRAP_SERVERS']}   drift injected: {args.drift}")
+        print(f"  operator key (ack, silence, resolve): Authorization: Bearer {key}")
+        print("  notifier  no receivers set; MODQ_ALERTMANAGER_URL, MODQ_SLACK_WEBHOOK_URL, ... turn them on")
         print("Ctrl-C stops everything.")
         return _watch(api, procs, args)
     except KeyboardInterrupt:

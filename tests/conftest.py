@@ -153,3 +153,21 @@ async def eventually(check, timeout: float = 90.0, interval: float = 0.5):  # ty
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[object]:
+    """Starts a real Alertmanager (Debian's) routing to a webhook; stopped after the test, failed or not."""
+    from tests.receivers import start_alertmanager
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(port: int, hook_port: int) -> subprocess.Popen[bytes]:
+        proc = start_alertmanager(tmp_path / f"am-{port}", port, hook_port)
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

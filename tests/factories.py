@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+from services.scorer.alerts import AlertEvent
+
 _seq = itertools.count()
 BASE = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -59,3 +61,27 @@ def appeal(decision_id: str, outcome: str = "OVERTURNED", **over: object) -> dic
     }
     doc.update(over)
     return doc
+
+
+def alert_event(alert_id: str, status: str, vendor: str = "V01") -> AlertEvent:
+    return AlertEvent(
+        alert_id=alert_id,
+        dedup_key=f"error_rate|SCAMS_AND_FRAUD|{vendor}",
+        rule="error_rate",
+        status=status,  # type: ignore[arg-type]
+        policy_label="SCAMS_AND_FRAUD",
+        vendor_id=vendor,
+        error_type="ANY",
+        started_at="2026-11-24T10:00:00Z",
+        onset_at="2026-11-24T09:40:00Z",
+        resolved_at="2026-11-24T11:00:00Z" if status == "resolved" else None,
+        baseline_rate=0.03,
+        observed_rate=0.09,
+        ci_low=0.06,
+        ci_high=0.13,
+        verdicts=420,
+        errors=38,
+        statistic=7.1,
+        threshold=6.6,
+        summary="error rate rose",
+    )

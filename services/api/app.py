@@ -143,6 +143,7 @@ class HistoryItem(BaseModel):
     until: datetime | None
     comment: str | None
     detail: str
+    recorded_at: datetime
 
 
 class HistoryList(BaseModel):
@@ -237,7 +238,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         return who
 
     def require(role: Role) -> Any:
-        async def check(who: Annotated[Principal | None, Depends(principal)]) -> Principal:
+        async def check(who: Principal | None = Depends(principal)) -> Principal:
             if who is None:
                 raise HTTPException(
                     401, f"an API key with role {role} is required", headers={"WWW-Authenticate": "Bearer"}
@@ -248,11 +249,11 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
         return check
 
-    async def reader(who: Annotated[Principal | None, Depends(principal)]) -> None:
+    async def reader(who: Principal | None = Depends(principal)) -> None:
         if settings.api_read_requires_key and who is None:
             raise HTTPException(401, "an API key with role viewer is required", headers={"WWW-Authenticate": "Bearer"})
 
-    Operator = Annotated[Principal, Depends(require("operator"))]
+    operator = require("operator")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -444,7 +445,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
                 p = make_producer(settings)
                 await p.start()
                 producer["p"] = p
-            key = action.alert_id or pair_key(action.policy_label, action.vendor_id)
+            key = action.alert_id.encode() if action.alert_id else pair_key(action.policy_label, action.vendor_id)
             await (await producer["p"].send(settings.topic_alert_actions, encode_action(action), key=key))
         except KafkaError:
             log.warning("could not publish alert action", extra={"action_id": action.action_id})
@@ -469,19 +470,25 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         return _alert_item(await _load_alert(engine, alert_id))
 
     @app.post("/v1/alerts/{alert_id}/ack", response_model=AlertItem)
-    async def acknowledge(alert_id: str, engine: EngineDep, who: Operator, body: AckRequest | None = None) -> AlertItem:
+    async def acknowledge(
+        alert_id: str, engine: EngineDep, body: AckRequest | None = None, who: Principal = Depends(operator)
+    ) -> AlertItem:
         """Acknowledge a firing alert (idempotent; a resolved alert stays resolved)."""
         body = body or AckRequest()
         return await _act_on_alert(engine, alert_id, "acknowledged", who, body.by, body.comment)
 
     @app.post("/v1/alerts/{alert_id}/resolve", response_model=AlertItem)
-    async def resolve(alert_id: str, engine: EngineDep, who: Operator, body: ResolveRequest | None = None) -> AlertItem:
+    async def resolve(
+        alert_id: str, engine: EngineDep, body: ResolveRequest | None = None, who: Principal = Depends(operator)
+    ) -> AlertItem:
         """Resolve an alert by hand; receivers are told, the detector keeps watching the pair."""
         body = body or ResolveRequest()
         return await _act_on_alert(engine, alert_id, "resolved", who, body.by, body.comment)
 
     @app.post("/v1/alerts/{alert_id}/comments", response_model=AlertItem)
-    async def comment(alert_id: str, body: CommentRequest, engine: EngineDep, who: Operator) -> AlertItem:
+    async def comment(
+        alert_id: str, body: CommentRequest, engine: EngineDep, who: Principal = Depends(operator)
+    ) -> AlertItem:
         """Add a comment to an alert's history."""
         return await _act_on_alert(engine, alert_id, "commented", who, body.by, body.comment)
 
@@ -491,7 +498,8 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         await _load_alert(engine, alert_id)
         stmt = select(alert_history).where(alert_history.c.alert_id == alert_id)
         async with engine.connect() as conn:
-            rows = (await conn.execute(stmt.order_by(alert_history.c.at, alert_history.c.event_id))).mappings()
+            order = (alert_history.c.recorded_at, alert_history.c.event_id)
+            rows = (await conn.execute(stmt.order_by(*order))).mappings()
             return HistoryList(items=[_history_item(dict(r)) for r in rows])
 
     @app.get("/v1/history", response_model=HistoryList, dependencies=[Depends(reader)])
@@ -503,25 +511,28 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         limit: int = Query(100, ge=1, le=1000),
         cursor: str | None = Query(None, description="next_cursor of the previous page"),
     ) -> HistoryList:
-        """Every state change of every alert and pair (who and when), newest first, keyset-paginated."""
+        """Every state change of every alert and pair (who and when), newest recorded first, keyset-paginated.
+
+        ``at`` is when it happened (event time for the detector's changes), ``recorded_at`` when modq wrote it.
+        """
         h = alert_history.c
-        stmt = select(alert_history).order_by(h.at.desc(), h.event_id.desc()).limit(limit + 1)
+        stmt = select(alert_history).order_by(h.recorded_at.desc(), h.event_id.desc()).limit(limit + 1)
         for col, value in (("policy_label", policy_label), ("vendor_id", vendor_id), ("action", action)):
             if value is not None:
                 stmt = stmt.where(h[col] == value)
         if cursor:
             ts, event_id = _decode_cursor(cursor)
-            stmt = stmt.where(or_(h.at < ts, and_(h.at == ts, h.event_id < event_id)))
+            stmt = stmt.where(or_(h.recorded_at < ts, and_(h.recorded_at == ts, h.event_id < event_id)))
         async with engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
         next_cursor = None
         if len(rows) > limit:
-            next_cursor = _encode_cursor(rows[limit - 1]["at"], rows[limit - 1]["event_id"])
+            next_cursor = _encode_cursor(rows[limit - 1]["recorded_at"], rows[limit - 1]["event_id"])
         return HistoryList(items=[_history_item(dict(r)) for r in rows[:limit]], next_cursor=next_cursor)
 
     @app.post("/v1/pairs/{policy_label}/{vendor_id}/silence", response_model=SilenceItem)
     async def silence(
-        policy_label: str, vendor_id: str, body: SilenceRequest, engine: EngineDep, who: Operator
+        policy_label: str, vendor_id: str, body: SilenceRequest, engine: EngineDep, who: Principal = Depends(operator)
     ) -> SilenceItem:
         """Hold back notifications for a pair until a time (detection and history go on)."""
         until = _utc(body.until)
@@ -563,7 +574,11 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
     @app.post("/v1/pairs/{policy_label}/{vendor_id}/rebaseline", response_model=Accepted, status_code=202)
     async def rebaseline(
-        policy_label: str, vendor_id: str, body: RebaselineRequest, engine: EngineDep, who: Operator
+        policy_label: str,
+        vendor_id: str,
+        body: RebaselineRequest,
+        engine: EngineDep,
+        who: Principal = Depends(operator),
     ) -> Accepted:
         """Re-baseline a pair's monitors: set the rate, or learn it again from now on.
 

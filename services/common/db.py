@@ -87,9 +87,10 @@ alert_history = Table(
     Column("until", DateTime(timezone=True), nullable=True),
     Column("comment", Text, nullable=True),
     Column("detail", Text, nullable=False, server_default=""),
-    Index("ix_alert_history_at", "at", "event_id"),
-    Index("ix_alert_history_alert", "alert_id", "at"),
-    Index("ix_alert_history_pair", "policy_label", "vendor_id", "at"),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Index("ix_alert_history_recorded", "recorded_at", "event_id"),
+    Index("ix_alert_history_alert", "alert_id", "recorded_at"),
+    Index("ix_alert_history_pair", "policy_label", "vendor_id", "recorded_at"),
 )
 
 silences = Table(

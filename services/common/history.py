@@ -7,7 +7,7 @@ the same action without changing the result.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,6 +38,7 @@ async def apply_action(engine: AsyncEngine, action: AlertAction) -> bool:
         until=parse_ts(action.until),
         comment=action.comment,
         detail=action.detail,
+        recorded_at=datetime.now(tz=UTC),
     )
     async with engine.begin() as conn:
         inserted = (await conn.execute(row.on_conflict_do_nothing(index_elements=["event_id"]))).rowcount

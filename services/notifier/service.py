@@ -251,6 +251,12 @@ class Notifier:
         receiver = next(r for r in self.receivers if r.name == name)
 
         async def handle(notice: Notice) -> None:
+            if notice.action is not None and notice.state in ("acknowledged", "resolved") and notice.alert_id:
+                # A person's action travels on another topic than the alert it acts on, so it can
+                # arrive first; receivers must hear of the alert before they hear it acknowledged.
+                fired = await self._db(lambda: self._firing_from_db(name, notice.alert_id or ""))
+                if fired is not None:
+                    await handle(fired)
             if await self._db(lambda: self._outcome(name, notice.key)) is not None:
                 self.metrics.deliveries.labels(name, "duplicate").inc()
                 return
@@ -302,6 +308,15 @@ class Notifier:
             return (
                 await conn.execute(select(d.outcome).where(d.receiver == receiver, d.delivery_key == key))
             ).scalar_one_or_none()
+
+    async def _firing_from_db(self, receiver: str, alert_id: str) -> Notice | None:
+        """The firing notice of an alert this receiver has not handled yet, rebuilt from the database."""
+        if await self._outcome(receiver, f"{alert_id}:firing") is not None:
+            return None
+        assert self.engine is not None
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(alerts).where(alerts.c.alert_id == alert_id))).mappings().first()
+        return notice_of_alert(_row_event(row)) if row is not None else None
 
     async def _record(self, receiver: str, key: str, outcome: str) -> None:
         assert self.engine is not None

@@ -105,6 +105,7 @@ class DbSink:
                 actor="modq-scorer",
                 at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
                 detail=event.summary,
+                recorded_at=datetime.now(tz=UTC),
             )
             .on_conflict_do_nothing(index_elements=["event_id"])
         )

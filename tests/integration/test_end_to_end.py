@@ -7,7 +7,10 @@ and bad records interleaved with good ones.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -16,23 +19,47 @@ import pytest
 from tests.conftest import Service, eventually, free_port
 from tests.kafkautil import consume_all, produce
 from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+from tests.receivers import Recorder
 
 pytestmark = pytest.mark.integration
 
 
+def make_key(env: dict[str, str], name: str, role: str) -> str:
+    """An API key made the way an admin makes one: with the CLI."""
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "keys", "create", "--name", name, "--role", role],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.rsplit(": ", 1)[1].strip()
+
+
 async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
-    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service]
+    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service], alertmanager: Callable[..., Any]
 ) -> None:
-    api_port = free_port()
-    env = {**service_env, "MODQ_DATABASE_URL": database_url, "MODQ_PUBLIC_API_URL": f"http://127.0.0.1:{api_port}"}
+    api_port, am_port, hook_port = free_port(), free_port(), free_port()
+    env = {
+        **service_env,
+        "MODQ_DATABASE_URL": database_url,
+        "MODQ_PUBLIC_API_URL": f"http://127.0.0.1:{api_port}",
+        "MODQ_ALERTMANAGER_URL": f"http://127.0.0.1:{am_port}",
+        "MODQ_NOTIFIER_PORT": str(free_port()),
+    }
+    hook = await Recorder(hook_port).start()
+    alertmanager(am_port, hook_port)
     scorer = spawn(["scorer"], env, "scorer")
     spawn(["ingest", "--port", str(free_port())], env, "ingest")
     api = spawn(["api", "--port", str(api_port)], env, "api")
+    notifier = spawn(["notifier"], env, "notifier")
     traffic = Traffic(env)
     bootstrap = env["MODQ_KAFKA_BOOTSTRAP_SERVERS"]
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=10) as client:
         await eventually(lambda: api_ready(client), 60)
+        operator = {"Authorization": f"Bearer {make_key(env, 'oncall-pm', 'operator')}"}
+        viewer = {"X-API-Key": make_key(env, "dashboard", "viewer")}
 
         # Phase 1: both pairs at baseline (about 3%).
         await produce(bootstrap, traffic.phase(DRIFT, 700, 33, 0) + traffic.phase(STABLE, 700, 33, 0))
@@ -50,8 +77,21 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
         # The per-type rules watch the same pair; nothing fires for the stable pair.
         assert {(a["policy_label"], a["vendor_id"]) for a in await alerts(client)} == {DRIFT[:2]}
 
-        ack = await client.post(f"/v1/alerts/{alert['alert_id']}/ack", json={"by": "oncall-pm"})
+        # The scorer's alert reaches Alertmanager through the notifier, and Alertmanager's webhook.
+        async def paged() -> list[dict[str, Any]]:
+            firing = [p["alerts"][0] for p in hook.got("/am") if p["status"] == "firing"]
+            return [a for a in firing if a["labels"]["alert_id"] == alert["alert_id"]]
+
+        page = (await eventually(paged, 60))[0]
+        assert page["labels"]["rule"] == "error_rate" and "verdicts since" in page["annotations"]["summary"]
+
+        ack_path = f"/v1/alerts/{alert['alert_id']}/ack"
+        assert (await client.post(ack_path)).status_code == 401  # anonymous
+        assert (await client.post(ack_path, headers={"Authorization": "Bearer modq_kx_nope"})).status_code == 401
+        assert (await client.post(ack_path, headers=viewer)).status_code == 403
+        ack = await client.post(ack_path, json={"comment": "looking at vendor training"}, headers=operator)
         assert ack.status_code == 200 and ack.json()["status"] == "acknowledged"
+        assert ack.json()["acknowledged_by"] == "oncall-pm"
 
         # Phase 3: the pair recovers; the alert resolves by the downward test.
         await produce(bootstrap, traffic.phase(DRIFT, 1200, 0, 7200))
@@ -62,13 +102,25 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
 
         # Phase 4: an operator declares 25% the new normal; the same 20% no longer pages.
         resp = await client.post(
-            f"/v1/pairs/{DRIFT[0]}/{DRIFT[1]}/rebaseline", json={"rule": "error_rate", "rate": 0.25}
+            f"/v1/pairs/{DRIFT[0]}/{DRIFT[1]}/rebaseline", json={"rule": "error_rate", "rate": 0.25}, headers=operator
         )
         assert resp.status_code == 202, resp.text
         await produce(bootstrap, traffic.phase(DRIFT, 400, 5, 10_800))
         await eventually(lambda: matches(client, traffic), 60)
         assert len(await alerts(client, rule="error_rate")) == 1
 
+        # The history says who did what and when; Alertmanager's webhook heard the resolve.
+        history = (await client.get(f"/v1/alerts/{alert['alert_id']}/history")).json()["items"]
+        assert [h["action"] for h in history] == ["fired", "acknowledged", "resolved"]
+        assert history[1]["actor"] == "oncall-pm" and history[1]["comment"] == "looking at vendor training"
+        rebaselined = (await client.get("/v1/history", params={"action": "rebaselined"})).json()["items"]
+        assert len(rebaselined) == 1 and rebaselined[0]["vendor_id"] == DRIFT[1]
+        await eventually(lambda: _resolved(hook, alert["alert_id"]), 60)
+        csv_lines = (await client.get("/v1/alerts/export.csv", params={"rule": "error_rate"})).text.splitlines()
+        assert len(csv_lines) == 2 and csv_lines[0].startswith("alert_id,") and alert["alert_id"] in csv_lines[1]
+
+    await hook.stop()
+    assert notifier.proc is not None and notifier.proc.poll() is None, notifier.output()[-3000:]
     published = await consume_all(bootstrap, env["MODQ_TOPIC_ALERTS"], 2)
     mine = [orjson.loads(r.value) for r in published if orjson.loads(r.value)["rule"] == "error_rate"]
     statuses = [m["status"] for m in mine]
@@ -83,3 +135,7 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
         assert 'modq_scorer_alert_changes_total{status="firing"}' in metrics.text
     assert api.proc is not None and api.proc.poll() is None
+
+
+async def _resolved(hook: Recorder, alert_id: str) -> bool:
+    return any(p["status"] == "resolved" and p["alerts"][0]["labels"]["alert_id"] == alert_id for p in hook.got("/am"))

@@ -8,46 +8,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
 from services.common.actions import AlertAction, encode_action, new_action
+from services.common.db import make_engine
+from services.common.migrate import ensure_schema
 from services.scorer.alerts import AlertEvent
+from services.scorer.sink import DbSink
 from tests.conftest import Service, eventually, free_port
+from tests.factories import alert_event
 from tests.kafkautil import produce
-from tests.receivers import Recorder, check_payloads, start_alertmanager
+from tests.receivers import Recorder, check_payloads
 
 pytestmark = pytest.mark.integration
 
 SECRET = "test-webhook-secret"
 ROUTING_KEY = "R0UT1NGKEY"
-
-
-def alert_event(alert_id: str, status: str, vendor: str = "V01") -> AlertEvent:
-    return AlertEvent(
-        alert_id=alert_id,
-        dedup_key=f"error_rate|SCAMS_AND_FRAUD|{vendor}",
-        rule="error_rate",
-        status=status,  # type: ignore[arg-type]
-        policy_label="SCAMS_AND_FRAUD",
-        vendor_id=vendor,
-        error_type="ANY",
-        started_at="2026-11-24T10:00:00Z",
-        onset_at="2026-11-24T09:40:00Z",
-        resolved_at="2026-11-24T11:00:00Z" if status == "resolved" else None,
-        baseline_rate=0.03,
-        observed_rate=0.09,
-        ci_low=0.06,
-        ci_high=0.13,
-        verdicts=420,
-        errors=38,
-        statistic=7.1,
-        threshold=6.6,
-        summary="error rate rose",
-    )
 
 
 def alert_record(env: dict[str, str], event: AlertEvent) -> tuple[str, bytes, bytes]:
@@ -65,11 +45,11 @@ def manual(kind: str, alert_id: str, vendor: str = "V01") -> AlertAction:
 
 
 async def test_alertmanager_receives_firing_and_resolved(
-    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service], tmp_path: Path
+    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service], alertmanager: Callable[..., Any]
 ) -> None:
     am_port, hook_port = free_port(), free_port()
     hook = await Recorder(hook_port).start()
-    am = start_alertmanager(tmp_path / "am", am_port, hook_port)
+    alertmanager(am_port, hook_port)
     env = {
         **service_env,
         "MODQ_DATABASE_URL": database_url,
@@ -102,8 +82,6 @@ async def test_alertmanager_receives_firing_and_resolved(
         assert resolved[0]["alerts"][0]["labels"]["alert_id"] == "a-1"
         assert notifier.proc is not None and notifier.proc.poll() is None, notifier.output()[-2000:]
     finally:
-        am.terminate()
-        am.wait(10)
         await hook.stop()
 
 
@@ -133,6 +111,11 @@ async def test_receivers_down_then_up_and_a_crash_lose_nothing_and_repeat_nothin
     # Slack answers 503 to anything about alert b-1: its lane delivers a-1 and then sticks.
     local.failing = lambda path, body: path == "/slack" and "b-1" in str(body)
     pd: Recorder | None = None
+    engine = make_engine(database_url)  # the scorer records its alerts before people can act on them
+    await ensure_schema(engine, auto_migrate=True)
+    for event in (alert_event("a-1", "firing"), alert_event("b-1", "firing", vendor="V02")):
+        await DbSink(engine).upsert_alert(event)
+    await engine.dispose()
     try:
         notifier = spawn(["notifier"], env, "notifier")
         bootstrap = env["MODQ_KAFKA_BOOTSTRAP_SERVERS"]

@@ -129,3 +129,18 @@ def test_alert_events_validate_against_the_published_schema() -> None:
     validator = jsonschema.Draft202012Validator(_load("alert.v1.json"), format_checker=jsonschema.FormatChecker())
     for ev in events:
         validator.validate(json.loads(msgspec.json.encode(ev)))
+
+
+def test_alert_actions_agree_with_their_published_schema() -> None:
+    from services.common.actions import ACTION_KINDS, AlertAction, encode_action, new_action
+
+    schema = _load("alert-action.v1.json")
+    assert set(schema["properties"]) == set(AlertAction.__struct_fields__)
+    assert set(schema["properties"]["action"]["enum"]) == set(ACTION_KINDS) == _struct_enums(AlertAction)["action"]
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    for kind in ACTION_KINDS:
+        action = new_action(action=kind, alert_id="a-1", policy_label="L", vendor_id="V", actor="pm", comment="c")
+        validator.validate(json.loads(encode_action(action)))
+    bad = json.loads(encode_action(new_action(action="commented", policy_label="L", vendor_id="V", actor="p")))
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**bad, "action": "deleted"})

@@ -32,10 +32,11 @@ def upgrade() -> None:
         sa.Column("until", TS, nullable=True),
         sa.Column("comment", sa.Text, nullable=True),
         sa.Column("detail", sa.Text, nullable=False, server_default=""),
+        sa.Column("recorded_at", TS, nullable=False),
     )
-    op.create_index("ix_alert_history_at", "alert_history", ["at", "event_id"])
-    op.create_index("ix_alert_history_alert", "alert_history", ["alert_id", "at"])
-    op.create_index("ix_alert_history_pair", "alert_history", ["policy_label", "vendor_id", "at"])
+    op.create_index("ix_alert_history_recorded", "alert_history", ["recorded_at", "event_id"])
+    op.create_index("ix_alert_history_alert", "alert_history", ["alert_id", "recorded_at"])
+    op.create_index("ix_alert_history_pair", "alert_history", ["policy_label", "vendor_id", "recorded_at"])
     op.create_table(
         "silences",
         sa.Column("policy_label", sa.String(64), nullable=False),
@@ -73,5 +74,5 @@ def downgrade() -> None:
     op.drop_table("silences")
     op.drop_index("ix_alert_history_pair", "alert_history")
     op.drop_index("ix_alert_history_alert", "alert_history")
-    op.drop_index("ix_alert_history_at", "alert_history")
+    op.drop_index("ix_alert_history_recorded", "alert_history")
     op.drop_table("alert_history")
