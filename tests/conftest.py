@@ -171,3 +171,21 @@ def alertmanager(tmp_path: Path) -> Iterator[object]:
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[object]:
+    """Starts a real Prometheus scraping the given targets; stopped after the test."""
+    from tests.observability import start_prometheus
+
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def _start(port: int, targets: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = start_prometheus(tmp_path / f"prom-{port}", port, targets)
+        procs.append(proc)
+        return proc
+
+    yield _start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -206,6 +206,78 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(400, "invalid cursor") from None
 
 
+class QualityGauges:
+    """Error rates with intervals per pair and window, and open alerts, read from the database at scrape time.
+
+    Refreshed at most every ``REFRESH_S`` seconds; pairs beyond the label budget are pooled into
+    "other" (their counts summed, then the rate and interval computed from the sums).
+    """
+
+    REFRESH_S = 10.0
+    WINDOWS = ("1h", "24h")
+
+    def __init__(self, registry: CollectorRegistry, settings: ApiSettings) -> None:
+        pair = ["policy_label", "vendor_id", "window"]
+        self.rate = Gauge("modq_error_rate_ratio", "Error rate over the window (event time)", pair, registry=registry)
+        self.low = Gauge(
+            "modq_error_rate_ci_low_ratio", "Lower bound of the Wilson 95% interval", pair, registry=registry
+        )
+        self.high = Gauge(
+            "modq_error_rate_ci_high_ratio", "Upper bound of the Wilson 95% interval", pair, registry=registry
+        )
+        self.verdicts = Gauge("modq_window_verdicts", "Judged verdicts in the window", pair, registry=registry)
+        self.open = Gauge(
+            "modq_alerts_open", "Alerts not yet resolved, by rule and status", ["rule", "status"], registry=registry
+        )
+        self.labels, self.vendors = settings.metric_budgets()
+        self.refreshed = -1e9
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        if time.monotonic() - self.refreshed < self.REFRESH_S:
+            return
+        self.refreshed = time.monotonic()
+        now = datetime.now(tz=UTC)
+        try:
+            async with engine.connect() as conn:
+                per_window = {}
+                for name in self.WINDOWS:
+                    b = rate_buckets.c
+                    stmt = (
+                        select(b.policy_label, b.vendor_id, *[func.sum(b[f]).label(f) for f in COUNT_FIELDS])
+                        .where(b.bucket_start >= now - timedelta(milliseconds=WINDOWS_MS[name]), b.bucket_start < now)
+                        .group_by(b.policy_label, b.vendor_id)
+                    )
+                    per_window[name] = (await conn.execute(stmt)).mappings().all()
+                open_alerts = (
+                    await conn.execute(
+                        select(alerts.c.rule, alerts.c.status, func.count())
+                        .where(alerts.c.status != "resolved")
+                        .group_by(alerts.c.rule, alerts.c.status)
+                    )
+                ).all()
+        except (OperationalError, DBAPIError, OSError):
+            log.warning("metrics: database unavailable, serving the last values")
+            return
+        for gauge in (self.rate, self.low, self.high, self.verdicts, self.open):
+            gauge.clear()
+        for name, rows in per_window.items():
+            pooled: dict[tuple[str, str], list[float]] = {}
+            for row in rows:
+                key = (self.labels.value(row["policy_label"]), self.vendors.value(row["vendor_id"]))
+                counts = [float(row[f] or 0) for f in COUNT_FIELDS]
+                acc = pooled.setdefault(key, [0.0] * len(COUNT_FIELDS))
+                pooled[key] = [a + c for a, c in zip(acc, counts, strict=True)]
+            for (label, vendor), counts in pooled.items():
+                summary = RateSummary.from_counts(counts)
+                self.verdicts.labels(label, vendor, name).set(summary.verdicts)
+                if summary.error_rate is not None:
+                    self.rate.labels(label, vendor, name).set(summary.error_rate)
+                    self.low.labels(label, vendor, name).set(summary.ci_low)
+                    self.high.labels(label, vendor, name).set(summary.ci_high)
+        for rule, status, n in open_alerts:
+            self.open.labels(rule, status).set(n)
+
+
 def get_engine(request: Request) -> AsyncEngine:
     engine: AsyncEngine = request.app.state.engine
     return engine
@@ -225,6 +297,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         registry=registry,
     )
 
+    quality = QualityGauges(registry, settings)
     producer: dict[str, AIOKafkaProducer] = {}  # started on first use: the API must run without Kafka
 
     async def principal(request: Request) -> Principal | None:
@@ -622,7 +695,8 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         return {"status": "ready"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(engine: EngineDep) -> Response:
+        await quality.refresh(engine)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

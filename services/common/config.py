@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from services.common.metrics import LabelBudget
     from services.scorer.alerts import MonitorPolicy
 
 DEV_DATABASE_URL = "sqlite+aiosqlite:///./.modq-dev/modq.db"
@@ -36,6 +37,9 @@ class CommonSettings(BaseSettings):
     topic_alert_actions: str = "modq.alert-actions"
     partitions: int = Field(8, ge=1, description="partitions of modq.events and the scorer's tables")
     public_api_url: str = "http://127.0.0.1:8000"
+    metric_policy_labels: str = Field("", description="comma list of policy labels with their own metric labels")
+    metric_vendors: str = Field("", description="comma list of vendors with their own metric labels")
+    metric_label_cap: int = Field(50, ge=1, description="unlisted: the first N values seen; the rest is 'other'")
     log_level: str = "INFO"
     framework_log_level: str = Field("WARNING", description="log level of Faust, mode and aiokafka")
 
@@ -45,6 +49,15 @@ class CommonSettings(BaseSettings):
         if not (v.startswith("postgresql+asyncpg://") or v.startswith("sqlite+aiosqlite://")):
             raise ValueError("MODQ_DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return v
+
+    def metric_budgets(self) -> tuple[LabelBudget, LabelBudget]:
+        """(policy_label, vendor_id) label budgets for Prometheus metrics."""
+        from services.common.metrics import LabelBudget
+
+        return (
+            LabelBudget.from_config(self.metric_policy_labels, self.metric_label_cap),
+            LabelBudget.from_config(self.metric_vendors, self.metric_label_cap),
+        )
 
     def kafka_client_options(self) -> dict[str, object]:
         """Security options for aiokafka clients (SASL/TLS when configured)."""

@@ -32,6 +32,7 @@ class IngestMetrics:
     deadletters: Counter = field(init=False)
     batches: Counter = field(init=False)
     last_processed: Gauge = field(init=False)
+    consumer_lag: Gauge = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -44,6 +45,12 @@ class IngestMetrics:
         self.batches = Counter("modq_ingest_batches", "Batch records produced to the scorer topic", registry=r)
         self.last_processed = Gauge(
             "modq_ingest_last_processed_timestamp_seconds", "Wall time of the last processed poll", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "modq_ingest_consumer_lag_records",
+            "Records on an upstream topic partition not yet processed",
+            ["topic", "partition"],
+            registry=r,
         )
 
 
@@ -164,6 +171,11 @@ class IngestService:
             await self.process(
                 [(self.settings.input_topics[tp.topic], rec) for tp, recs in polled.items() for rec in recs]
             )
+            for tp, recs in polled.items():
+                highwater = self.consumer.highwater(tp)
+                if highwater is not None and recs:
+                    lag = max(0, highwater - recs[-1].offset - 1)
+                    self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
             try:
                 await self.consumer.commit()
             except (CommitFailedError, IllegalStateError) as exc:

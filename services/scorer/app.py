@@ -27,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
-from services.common.wire import decode_batch, partition_for
+from services.common.wire import ERROR_TYPES, decode_batch, partition_for
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import (
+    Detection,
     RateBook,
     detect,
     group_outcomes,
@@ -58,6 +59,30 @@ class ScorerMetrics:
         self.last_processed = Gauge(
             "modq_scorer_last_processed_timestamp_seconds", "Wall time of the last processed batch", registry=registry
         )
+        self.verdicts = Counter(
+            "modq_scorer_verdicts",
+            "Judged verdicts seen by the detectors, by error type (NONE: correct); bounded labels",
+            ["policy_label", "vendor_id", "error_type"],
+            registry=registry,
+        )
+        self.statistic = Gauge(
+            "modq_scorer_detector_statistic",
+            "CUSUM statistic of a pair's monitor (alarms above its threshold); bounded labels",
+            ["policy_label", "vendor_id", "rule"],
+            registry=registry,
+        )
+        self.monitor_firing = Gauge(
+            "modq_scorer_monitor_firing",
+            "1 while a pair's monitor has an alert firing; bounded labels",
+            ["policy_label", "vendor_id", "rule"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "modq_scorer_consumer_lag_records",
+            "Records on the events topic not yet processed, per partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
         self.lag = Histogram(
             "modq_scorer_processing_lag_seconds",
             "Event time to processing time of the newest event in each batch",
@@ -80,6 +105,7 @@ class Scorer:
         self.stalled: list[int] = []
         self.ready = False
         self.policy = s.monitor_policy()
+        self.label_budget, self.vendor_budget = s.metric_budgets()
         self.app = app = faust.App(
             s.scorer_app_id,
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(",")],
@@ -111,6 +137,29 @@ class Scorer:
         self.monitors = _raw_table(app, "monitors", s.partitions)
         self._wire()
 
+    # -- metrics --------------------------------------------------------------------------
+
+    def _observe(self, found: Detection) -> None:
+        m = self.metrics
+        label, vendor = self.label_budget.value(found.policy_label), self.vendor_budget.value(found.vendor_id)
+        for _, _, code in found.outcomes:
+            m.verdicts.labels(label, vendor, ERROR_TYPES[code]).inc()
+        if (label, vendor) == (found.policy_label, found.vendor_id):  # "other" has no single statistic
+            for rule, (statistic, firing) in found.statistics.items():
+                m.statistic.labels(label, vendor, rule).set(statistic)
+                m.monitor_firing.labels(label, vendor, rule).set(1 if firing else 0)
+
+    def observe_consumer_lag(self) -> None:
+        for partition, (next_offset, _) in self.progress.items():
+            tp = TP(self.settings.topic_events, partition)
+            try:
+                highwater = self.app.consumer.highwater(tp)
+            except Exception:  # not assigned (any more), or no fetch yet
+                continue
+            if highwater is not None and next_offset >= 0:
+                lag = max(0, highwater - next_offset)
+                self.metrics.consumer_lag.labels(tp.topic, str(partition)).set(lag)
+
     # -- agents ---------------------------------------------------------------------------
 
     def _wire(self) -> None:
@@ -139,9 +188,10 @@ class Scorer:
         @app.agent(self.outcomes_topic, name="detect")
         async def run_detectors(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
-                state, changes = detect(event.key, event.value, self.monitors.get, self.policy)
-                sent = [await self._put(self.monitors, event.key, state, event.message.partition)]
-                for change in changes:
+                found = detect(event.key, event.value, self.monitors.get, self.policy)
+                sent = [await self._put(self.monitors, event.key, found.state, event.message.partition)]
+                self._observe(found)
+                for change in found.changes:
                     m.alert_changes.labels(change.status).inc()
                     log.warning(
                         "alert " + change.status,
@@ -189,6 +239,7 @@ class Scorer:
         @app.page("/metrics")
         class Metrics(View):
             async def get(self, request: Request) -> Response:
+                scorer.observe_consumer_lag()
                 body = generate_latest(scorer.metrics.registry)
                 # aiohttp refuses a charset inside content_type; Prometheus text is UTF-8 anyway.
                 return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")

@@ -7,6 +7,7 @@ detector outcomes. Stage 2 (partitioned by (policy_label, vendor_id)): run the p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import msgspec
 
@@ -112,11 +113,20 @@ def encode_rebaseline(request: Rebaseline) -> bytes:
     return _msgpack.encode(request)
 
 
-def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -> tuple[bytes, list[AlertEvent]]:
-    """Run one pair's monitors over a group of outcomes (or a control record).
+@dataclass(slots=True)
+class Detection:
+    """What one detect() call did: the pair's new state, its alert changes, and what it saw."""
 
-    Returns the pair's new state and the alert changes, in order.
-    """
+    state: bytes
+    changes: list[AlertEvent]
+    policy_label: str
+    vendor_id: str
+    outcomes: list[tuple[int, bool, int]]  # (t_ms, is_error, error-type code)
+    statistics: dict[str, tuple[float, bool]]  # rule -> (CUSUM statistic, firing)
+
+
+def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -> Detection:
+    """Run one pair's monitors over a group of outcomes (or a control record)."""
     label, vendor = _pair_key_decoder.decode(pair_key)
     raw = load(pair_key)
     states = _monitors_decoder.decode(raw) if raw is not None else {}
@@ -125,16 +135,26 @@ def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -
     }
     events: list[AlertEvent] = []
     message = _pair_payload_decoder.decode(payload)
+    outcomes: list[tuple[int, bool, int]] = []
     if isinstance(message, Rebaseline):
         for rule, monitor in monitors.items():
             if message.rule in (None, rule) and (change := monitor.rebaseline(message.rate, message.t_ms)):
                 events.append(change)
     else:
+        outcomes = message
         for t_ms, is_error, error_type in message:
             for rule, monitor in monitors.items():
                 if (change := monitor.update(rule_hit(rule, is_error, error_type), t_ms)) is not None:
                     events.append(change)
-    return _msgpack.encode({rule: m.snapshot() for rule, m in monitors.items()}), events
+    snapshots = {rule: m.snapshot() for rule, m in monitors.items()}
+    return Detection(
+        state=_msgpack.encode(snapshots),
+        changes=events,
+        policy_label=label,
+        vendor_id=vendor,
+        outcomes=outcomes,
+        statistics={rule: (float(st.cusum[0]), st.firing) for rule, st in snapshots.items()},
+    )
 
 
 def decode_pair_key(raw: bytes) -> tuple[str, str]:

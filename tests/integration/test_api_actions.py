@@ -34,12 +34,18 @@ async def test_actions_are_authorised_recorded_published_and_exported(
     sink = DbSink(engine)
     for i in range(7):  # seven alerts: pages of three
         await sink.upsert_alert(alert_event(f"a-{i}", "firing", vendor=f"V{i:02d}"))
+    # Buckets of the last hour for three pairs; with MODQ_METRIC_VENDORS=V01 the other two pool as "other".
+    minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
+    counts = {"V01": (200, 10), "V02": (100, 20), "V03": (100, 0)}
+    await sink.upsert_buckets(
+        (0, "SCAMS_AND_FRAUD", v, "DE", minute, [n, e] + [0] * 10) for v, (n, e) in counts.items()
+    )
     _, operator_key = await create_key(engine, "pm-anna", "operator")
     _, viewer_key = await create_key(engine, "dashboard", "viewer")
     await engine.dispose()
 
     port = free_port()
-    env = {**service_env, "MODQ_DATABASE_URL": database_url}
+    env = {**service_env, "MODQ_DATABASE_URL": database_url, "MODQ_METRIC_VENDORS": "V01"}
     spawn(["api", "--port", str(port)], env, "api")
     op = {"Authorization": f"Bearer {operator_key}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
@@ -84,6 +90,12 @@ async def test_actions_are_authorised_recorded_published_and_exported(
                 break
         assert len(seen) == len(set(seen)) == 7 + 4  # seven fired, one silence, comment, resolve, ack
         assert (await client.get("/v1/history", params={"cursor": "%%%"})).status_code == 400
+
+        metrics = (await client.get("/metrics")).text
+        sample = 'modq_error_rate_ratio{policy_label="SCAMS_AND_FRAUD",vendor_id="%s",window="1h"} %s'
+        assert sample % ("V01", "0.05") in metrics and sample % ("other", "0.1") in metrics, metrics
+        assert 'modq_alerts_open{rule="error_rate",status="firing"} 6.0' in metrics
+        assert 'vendor_id="V02"' not in metrics  # bounded: only configured vendors get their own label
 
         export = await client.get("/v1/alerts/export.csv")
         assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
