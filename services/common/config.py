@@ -97,6 +97,7 @@ class ScorerSettings(CommonSettings):
     scorer_web_host: str = "127.0.0.1"
     scorer_web_port: int = 6066
     scorer_store: str = "memory://"
+    scorer_data_dir: str = Field("", description="Faust data directory (table stores); default: ./<app id>-data")
     baseline_mode: Literal["learned", "sla"] = "learned"
     baseline_error_rate: float = Field(0.03, gt=0, lt=1, description="SLA rate, and the prior while learning")
     baseline_over_enforcement_rate: float = Field(0.015, gt=0, lt=1)

@@ -110,6 +110,7 @@ class Scorer:
             s.scorer_app_id,
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(",")],
             store=s.scorer_store,
+            **({"datadir": s.scorer_data_dir} if s.scorer_data_dir else {}),
             topic_partitions=s.partitions,
             web_host=s.scorer_web_host,
             web_port=s.scorer_web_port,
