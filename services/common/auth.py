@@ -19,9 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import api_keys
 
-Role = Literal["viewer", "operator", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")
-_RANK = {role: i for i, role in enumerate(ROLES)}
+Role = Literal["viewer", "operator", "admin", "publisher"]
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin", "publisher")
+# viewer < operator < admin for people; publisher is for upstream systems and may only send events.
+_GRANTS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"viewer"}),
+    "operator": frozenset({"viewer", "operator"}),
+    "admin": frozenset({"viewer", "operator", "admin", "publisher"}),
+    "publisher": frozenset({"publisher"}),
+}
 PREFIX = "modq"
 
 
@@ -32,8 +38,8 @@ class Principal:
     role: Role
 
     def may(self, needed: Role) -> bool:
-        """Roles are ordered: an admin may do what an operator may, an operator what a viewer may."""
-        return _RANK[self.role] >= _RANK[needed]
+        """An admin may do what an operator may, an operator what a viewer may; a publisher only publishes."""
+        return needed in _GRANTS[self.role]
 
 
 def digest(secret: str) -> str:
@@ -106,3 +112,26 @@ async def authenticate(engine: AsyncEngine, key: str) -> Principal | None:
     if not (ok and row and parts):
         return None
     return Principal(key_id=key_id, name=row.name, role=row.role)
+
+
+class KeyCache:
+    """authenticate() with a short memory: valid keys for ``ttl_s``, unknown ones for ``negative_ttl_s``.
+
+    For hot paths (ingest's HTTP endpoint): a revoked key stops working within ``ttl_s``, and a
+    brief database outage does not stop publishers whose keys were seen recently.
+    """
+
+    def __init__(self, engine: AsyncEngine, ttl_s: float = 60.0, negative_ttl_s: float = 5.0) -> None:
+        self.engine, self.ttl_s, self.negative_ttl_s = engine, ttl_s, negative_ttl_s
+        self._seen: dict[str, tuple[Principal | None, float]] = {}
+
+    async def authenticate(self, key: str, now: float) -> Principal | None:
+        slot = digest(key)
+        hit = self._seen.get(slot)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        who = await authenticate(self.engine, key)
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[slot] = (who, now + (self.ttl_s if who else self.negative_ttl_s))
+        return who

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 if TYPE_CHECKING:
     from services.common.metrics import LabelBudget
@@ -14,10 +16,37 @@ if TYPE_CHECKING:
 DEV_DATABASE_URL = "sqlite+aiosqlite:///./.modq-dev/modq.db"
 
 
+class FileSecrets(PydanticBaseSettingsSource):
+    """MODQ_<NAME>_FILE=/path: the setting's value is the file's content (for mounted Kubernetes secrets)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # unused: __call__ does it
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            path = os.environ.get(f"MODQ_{name.upper()}_FILE")
+            if path:
+                out[name] = Path(path).read_text().strip()
+        return out
+
+
 class CommonSettings(BaseSettings):
-    """Settings every service shares (prefix MODQ_)."""
+    """Settings every service shares (prefix MODQ_). Secrets may come from files: MODQ_<NAME>_FILE."""
 
     model_config = SettingsConfigDict(env_prefix="MODQ_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then environment variables, then MODQ_<NAME>_FILE files."""
+        return init_settings, env_settings, FileSecrets(settings_cls)
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
@@ -85,9 +114,14 @@ class IngestSettings(CommonSettings):
     ingest_port: int = 8081
     max_record_bytes: int = 65_536
     max_future_skew_s: int = 300
+    late_grace_s: int = Field(21_600, ge=0, description="events this far behind their stream's newest are late")
     ingest_batch_max_events: int = 2_000
     ingest_dedup_cache_size: int = 500_000
     ingest_http_max_events: int = 10_000
+    ingest_http_max_body_bytes: int = Field(8_388_608, ge=1024, description="larger request bodies get 413")
+    ingest_require_key: bool = Field(True, description="HTTP publishers need an API key with the publisher role")
+    ingest_rate_limit_rps: float = Field(20.0, gt=0, description="HTTP requests per second per API key")
+    ingest_rate_limit_burst: int = Field(40, ge=1, description="burst of HTTP requests per API key")
 
 
 class ScorerSettings(CommonSettings):

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
 import orjson
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, OperationalError
 
+from services.common.auth import KeyCache, Principal
+from services.common.db import make_engine
+from services.common.ratelimit import RateLimits
+from services.common.wire import to_ms
 from services.ingest.service import IngestService
 from services.ingest.validate import Rejected, validate_record
 
+ANONYMOUS = Principal(key_id="anonymous", name="anonymous", role="publisher")
 KINDS = {"decisions": "decision", "verdicts": "verdict", "appeals": "appeal"}
 
 
@@ -32,20 +39,64 @@ class BatchResult(BaseModel):
 def create_ingest_app(service: IngestService) -> FastAPI:
     s = service.settings
 
+    keys: dict[str, KeyCache] = {}  # made on first use: ingest's Kafka side runs without a database
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        if "cache" in keys:
+            await keys["cache"].engine.dispose()
 
     app = FastAPI(title="modq ingest", version="1", lifespan=lifespan)
 
+    limits = RateLimits(s.ingest_rate_limit_rps, s.ingest_rate_limit_burst)
+
+    async def publisher(request: Request) -> Principal:
+        if not s.ingest_require_key:
+            return ANONYMOUS
+        header = request.headers.get("authorization", "")
+        key = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        if not key:
+            raise HTTPException(
+                401, "an API key with role publisher is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if "cache" not in keys:
+            keys["cache"] = KeyCache(make_engine(s.database_url))
+        try:
+            who = await keys["cache"].authenticate(key, time.monotonic())
+        except (OperationalError, DBAPIError, OSError):
+            raise HTTPException(503, "cannot check API keys right now, retry later") from None
+        if who is None:
+            raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        if not who.may("publisher"):
+            raise HTTPException(403, f"role {who.role} may not publish events; needs publisher")
+        return who
+
+    async def read_body(request: Request) -> bytes:
+        cap = s.ingest_http_max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise HTTPException(413, f"request body is larger than {cap} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"request body is larger than {cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     @app.post("/v1/events/{kind}", response_model=BatchResult)
-    async def post_events(kind: Literal["decisions", "verdicts", "appeals"], request: Request) -> BatchResult:
+    async def post_events(
+        kind: Literal["decisions", "verdicts", "appeals"], request: Request, who: Principal = Depends(publisher)
+    ) -> BatchResult:
         """Validate a JSON array of events; valid ones are durably appended, invalid ones reported by index."""
+        now = time.monotonic()
+        if not limits.allow(who.key_id, now):
+            wait = max(1, math.ceil(limits.retry_after(who.key_id, now)))
+            raise HTTPException(429, "rate limit exceeded for this API key", headers={"Retry-After": str(wait)})
         if not service.ready:
             raise HTTPException(503, "ingest is not connected to Kafka yet")
-        body = await request.body()
-        if len(body) > s.max_record_bytes * s.ingest_http_max_events:
-            raise HTTPException(413, "request body too large")
+        body = await read_body(request)
         try:
             items = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -68,6 +119,10 @@ def create_ingest_app(service: IngestService) -> FastAPI:
                 max_bytes=s.max_record_bytes,
                 max_future_skew_ms=s.max_future_skew_s * 1000,
             )
+            if not isinstance(result, Rejected) and (
+                late := service.router.watermarks.check(event_kind, to_ms(result))
+            ):
+                result = late
             if isinstance(result, Rejected):
                 rejected.append(ItemError(index=i, reason=result.reason, detail=result.detail))
             else:

@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import IngestSettings
 from services.common.kafka import ensure_topics, make_producer
-from services.common.wire import WireEvent, encode_batch, encode_event, partition_for
+from services.common.wire import WireEvent, encode_batch, encode_event, partition_for, to_ms
 from services.ingest.dedup import RecentIds
-from services.ingest.validate import Rejected, validate_record
+from services.ingest.validate import Rejected, Watermarks, validate_record
 
 log = logging.getLogger("modq.ingest")
 
@@ -70,6 +70,7 @@ class Router:
         self.settings = settings
         self.metrics = metrics
         self.recent = RecentIds(settings.ingest_dedup_cache_size)
+        self.watermarks = Watermarks(settings.late_grace_s * 1000)
 
     def route(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]], now_ms: int) -> Outcome:
         s = self.settings
@@ -79,6 +80,8 @@ class Router:
             result = validate_record(
                 kind, raw, now_ms=now_ms, max_bytes=s.max_record_bytes, max_future_skew_ms=s.max_future_skew_s * 1000
             )
+            if not isinstance(result, Rejected) and (late := self.watermarks.observe(kind, to_ms(result))):
+                result = late
             if isinstance(result, Rejected):
                 out.deadletters.append((rec, kind, result))
                 self.metrics.events.labels(kind, "dead_lettered").inc()

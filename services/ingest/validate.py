@@ -18,6 +18,7 @@ REASONS: Final = (
     "future_event_time",
     "inconsistent",
     "unknown_topic",
+    "late",
 )
 
 _decoders = {kind: msgspec.json.Decoder(tp) for kind, tp in EVENT_TYPES.items()}
@@ -47,6 +48,10 @@ def validate_record(
         return _schema_rejection(raw, str(exc))
     except msgspec.DecodeError as exc:
         return Rejected("invalid_json", str(exc))
+    except RecursionError:  # msgspec's guard against deeply nested input (found by the fuzz test)
+        return Rejected("invalid_json", "JSON nested too deeply")
+    except UnicodeDecodeError as exc:  # invalid UTF-8 inside a string (found by the fuzz test)
+        return Rejected("invalid_json", f"not valid UTF-8: {exc.reason} at byte {exc.start}")
     if to_ms(event) > now_ms + max_future_skew_ms:
         return Rejected("future_event_time", f"event_time {event.event_time.isoformat()} is in the future")
     if (
@@ -62,8 +67,46 @@ def _schema_rejection(raw: bytes, message: str) -> Rejected:
     if "schema_version" in message:
         try:
             version = _version_probe.decode(raw).get("schema_version")
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             version = None
         if isinstance(version, int) and not isinstance(version, bool) and version != 1:
             return Rejected("unsupported_schema_version", f"schema_version {version} is not supported (1 is)")
     return Rejected("schema", message)
+
+
+class Watermarks:
+    """Per event type, the latest event time seen; events older than it by more than the grace are late.
+
+    Measured on event time, not on the clock, so a replay of old data is not late as a whole;
+    what is late is an event that falls behind its own stream by more than ``grace_ms``.
+
+    >>> w = Watermarks(grace_ms=60_000)
+    >>> w.observe("verdict", 1_000_000) is None
+    True
+    >>> w.observe("verdict", 1_000_000 - 30_000) is None  # within the grace
+    True
+    >>> w.observe("verdict", 1_000_000 - 61_000).reason
+    'late'
+    """
+
+    def __init__(self, grace_ms: int) -> None:
+        self.grace_ms = grace_ms
+        self.latest: dict[str, int] = {}
+
+    def check(self, kind: str, t_ms: int) -> Rejected | None:
+        latest = self.latest.get(kind)
+        if latest is not None and t_ms < latest - self.grace_ms:
+            behind = (latest - t_ms) / 1000
+            return Rejected(
+                "late",
+                f"event_time is {behind:.0f} s behind the newest {kind} seen; the grace period is "
+                f"{self.grace_ms / 1000:.0f} s (MODQ_LATE_GRACE_S)",
+            )
+        return None
+
+    def observe(self, kind: str, t_ms: int) -> Rejected | None:
+        """Check an event and advance the watermark with it when it is not late."""
+        rejected = self.check(kind, t_ms)
+        if rejected is None and t_ms > self.latest.get(kind, t_ms - 1):
+            self.latest[kind] = t_ms
+        return rejected

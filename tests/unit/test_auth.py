@@ -14,6 +14,9 @@ def test_roles_are_ordered() -> None:
     admin, operator, viewer = (Principal("k", "n", r) for r in ("admin", "operator", "viewer"))  # type: ignore[arg-type]
     assert admin.may("operator") and operator.may("operator") and not viewer.may("operator")
     assert viewer.may("viewer") and not operator.may("admin")
+    publisher = Principal("k", "n", "publisher")
+    assert publisher.may("publisher") and not publisher.may("viewer") and not operator.may("publisher")
+    assert admin.may("publisher")
 
 
 @pytest.mark.integration
