@@ -111,7 +111,11 @@ def create_ingest_app(service: IngestService) -> FastAPI:
         good: list[tuple[bytes, bytes]] = []
         rejected: list[ItemError] = []
         for i, item in enumerate(items):
-            raw = orjson.dumps(item)
+            try:
+                raw = orjson.dumps(item)
+            except (orjson.JSONEncodeError, TypeError):  # nested deeper than orjson writes (found by fuzzing)
+                rejected.append(ItemError(index=i, reason="invalid_json", detail="JSON nested too deeply"))
+                continue
             result = validate_record(
                 event_kind,
                 raw,
