@@ -17,9 +17,9 @@ from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.actions import AlertAction, encode_action, new_action
@@ -103,6 +103,13 @@ class Accepted(BaseModel):
     detail: str
 
 
+def _no_nul(v: str | None) -> str | None:
+    if v is not None and "\x00" in v:
+        raise ValueError("NUL characters are not allowed")
+    return v
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
 HANDLE = Field(
     None, min_length=1, max_length=128, description="who acts (a handle, not an email); default: the key's name"
 )
@@ -110,24 +117,47 @@ COMMENT = Field(None, max_length=2000)
 
 
 class AckRequest(BaseModel):
-    by: str | None = HANDLE
-    comment: str | None = COMMENT
+    by: Text | None = HANDLE
+    comment: Text | None = COMMENT
 
 
 class ResolveRequest(BaseModel):
-    by: str | None = HANDLE
-    comment: str | None = COMMENT
+    by: Text | None = HANDLE
+    comment: Text | None = COMMENT
 
 
 class CommentRequest(BaseModel):
-    by: str | None = HANDLE
-    comment: str = Field(..., min_length=1, max_length=2000)
+    by: Text | None = HANDLE
+    comment: Text = Field(..., min_length=1, max_length=2000)
 
 
 class SilenceRequest(BaseModel):
-    until: datetime = Field(..., description="notifications for the pair are held back until this time")
-    by: str | None = HANDLE
-    comment: str | None = COMMENT
+    until: AwareDatetime = Field(..., description="notifications for the pair are held back until this time")
+    by: Text | None = HANDLE
+    comment: Text | None = COMMENT
+
+    @field_validator("until")
+    @classmethod
+    def _in_the_future(cls, v: datetime) -> datetime:
+        if v <= datetime.now(tz=UTC):
+            raise ValueError("until must be in the future")
+        return v
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad request (e.g. an invalid cursor)"),
+        (401, "no valid API key"),
+        (403, "the key's role may not do this"),
+        (404, "no such alert"),
+        (503, "the database or Kafka is unavailable; retry later"),
+    )
+}
 
 
 class HistoryItem(BaseModel):
@@ -343,6 +373,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         version="1",
         description="Moderation quality: error rates with confidence intervals, drift alerts.",
         lifespan=lifespan,
+        responses=ERRORS,
     )
 
     @app.middleware("http")
@@ -350,7 +381,15 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         route = request.scope.get("route")
         start = time.perf_counter()
         try:
-            response = await call_next(request)
+            if "%00" in request.url.path or "%00" in request.url.query or "\x00" in request.url.path:
+                response = JSONResponse({"detail": "NUL characters are not allowed"}, status_code=400)
+            else:
+                response = await call_next(request)
+        except DataError:  # a value PostgreSQL refuses (found by schemathesis); the request is at fault
+            log.warning("value refused by the database")
+            response = JSONResponse(
+                {"detail": "a value in the request cannot be stored or searched for"}, status_code=400
+            )
         except (OperationalError, DBAPIError, OSError):
             log.exception("database unavailable")
             response = JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
@@ -371,6 +410,8 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     ) -> RateList:
         """Error rates per (policy_label, vendor_id) over event-time windows, with Wilson 95% intervals."""
         end = _utc(as_of) or datetime.now(tz=UTC)
+        if not 1970 <= end.year <= 9998:  # the windows must fit in a datetime (found by schemathesis)
+            raise HTTPException(400, "as_of must be between the years 1970 and 9998")
         split = by_market or market is not None
         items: list[RateItem] = []
         for name in [window] if window else list(WINDOWS_MS):
@@ -608,10 +649,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         policy_label: str, vendor_id: str, body: SilenceRequest, engine: EngineDep, who: Principal = Depends(operator)
     ) -> SilenceItem:
         """Hold back notifications for a pair until a time (detection and history go on)."""
-        until = _utc(body.until)
-        assert until is not None
-        if until <= datetime.now(tz=UTC):
-            raise HTTPException(422, "until must be in the future")
+        until = body.until.astimezone(UTC)
         action = new_action(
             action="silenced",
             policy_label=policy_label,
