@@ -42,7 +42,9 @@ def _ingest(args: argparse.Namespace) -> int:
         http = asyncio.create_task(server.serve(), name="ingest-http")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({consumer, http, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
+        server.should_exit = True  # uvicorn finishes the requests in flight (they need the producer)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(http), 30)
         await service.stop()  # finishes the in-flight poll's produce and commit
         for task in (consumer, http, stopper):
             task.cancel()

@@ -127,6 +127,7 @@ class IngestService:
         self.consumer: AIOKafkaConsumer | None = None
         self.ready = False
         self._stopping = asyncio.Event()
+        self._running, self._stopped = asyncio.Event(), asyncio.Event()
 
     async def start(self) -> None:
         s = self.settings
@@ -156,15 +157,28 @@ class IngestService:
         self.ready = True
         log.info("ingest consuming", extra={"topics": list(s.input_topics)})
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Graceful: the poll in flight is produced and committed before the clients close."""
         self._stopping.set()
         self.ready = False
+        if self._running.is_set():
+            try:
+                await asyncio.wait_for(self._stopped.wait(), timeout_s)
+            except TimeoutError:
+                log.error("the in-flight poll did not finish in time; it will be read again after a restart")
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
 
     async def run(self) -> None:
+        self._running.set()
+        try:
+            await self._run()
+        finally:
+            self._stopped.set()
+
+    async def _run(self) -> None:
         assert self.consumer is not None
         while not self._stopping.is_set():
             polled = await self.consumer.getmany(timeout_ms=500, max_records=self.settings.ingest_batch_max_events)
