@@ -16,10 +16,13 @@ import io
 import logging
 import os
 import time
+from collections import Counter as Tally
 from typing import Any
 
 import faust
 import msgspec
+from aiokafka import AIOKafkaProducer
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
+from services.common.kafka import make_producer
 from services.common.wire import ERROR_TYPES, decode_batch, partition_for
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import (
@@ -105,6 +109,7 @@ class Scorer:
         self.stalled: list[int] = []
         self.ready = False
         self.policy = s.monitor_policy()
+        self._producer: AIOKafkaProducer | None = None
         self.label_budget, self.vendor_budget = s.metric_budgets()
         self.app = app = faust.App(
             s.scorer_app_id,
@@ -143,8 +148,8 @@ class Scorer:
     def _observe(self, found: Detection) -> None:
         m = self.metrics
         label, vendor = self.label_budget.value(found.policy_label), self.vendor_budget.value(found.vendor_id)
-        for _, _, code in found.outcomes:
-            m.verdicts.labels(label, vendor, ERROR_TYPES[code]).inc()
+        for code, n in Tally(code for _, _, code in found.outcomes).items():
+            m.verdicts.labels(label, vendor, ERROR_TYPES[code]).inc(n)
         if (label, vendor) == (found.policy_label, found.vendor_id):  # "other" has no single statistic
             for rule, (statistic, firing) in found.statistics.items():
                 m.statistic.labels(label, vendor, rule).set(statistic)
@@ -171,8 +176,8 @@ class Scorer:
             async for event in stream.events():
                 batch = decode_batch(event.value)
                 partition = event.message.partition
-                writes, deltas = score_batch(batch, self.decisions.get)
-                sent = [await self._put(self.decisions, key, value, partition) for key, value in writes.items()]
+                writes, deltas = score_batch(batch, _raw_mapping(self.decisions).get)
+                sent = await self._put_many(self.decisions, writes, partition)
                 self.book.apply(partition, deltas)
                 self.progress[partition] = (event.message.offset + 1, time.monotonic())
                 for pair, payload in group_outcomes(deltas).items():
@@ -314,6 +319,37 @@ class Scorer:
         fut: asyncio.Future[Any] = await table.changelog_topic.send(key=key, value=value, partition=partition)
         return fut
 
+    async def _put_many(self, table: Any, writes: dict[bytes, bytes], partition: int) -> list[asyncio.Future[Any]]:
+        """Write many table entries; their changelog records go out as whole record batches.
+
+        The same records as ``_put`` (one per key, so the changelog stays compactable and Faust
+        recovers it as usual), built with aiokafka's batch builder on a producer of our own:
+        per record this costs a C-level append instead of a Faust send (measured: the per-key
+        send capped the scorer at about 4.5k events/s; bench/scorer_throughput.py).
+        """
+        if not writes:
+            return []
+        producer = await self._changelog_producer()
+        topic = table.changelog_topic.get_topic_name()
+        futures: list[asyncio.Future[Any]] = []
+        data = _raw_mapping(table)
+        batch = producer.create_batch()
+        for key, value in writes.items():
+            data[key] = value
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
+
+    async def _changelog_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = make_producer(self.settings, linger_ms=0, max_batch_size=1_048_576)
+            await producer.start()
+            self._producer = producer
+        return self._producer
+
     # -- database -------------------------------------------------------------------------
 
     def _sink(self) -> DbSink:
@@ -358,6 +394,13 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     return table
+
+
+def _raw_mapping(table: Any) -> Any:
+    """The dict under a memory-store table (the store's own get/set add three Python calls per
+    event on the hot path); any other store through its mapping interface."""
+    store = table.data
+    return store.data if isinstance(store, MemoryStore) else store
 
 
 def _encode_alert(change: AlertEvent) -> bytes:

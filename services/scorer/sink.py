@@ -42,15 +42,15 @@ class DbSink:
         ]
         if not values:
             return 0
-        chunk = 500
+        # One statement, executed for many parameter sets: compiled once and cached (a multi-row
+        # VALUES clause is compiled anew for every flush, which cost half the scorer's time).
+        stmt = insert_for(self.engine, rate_buckets)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["policy_label", "vendor_id", "market", "bucket_start", "partition"],
+            set_={name: stmt.excluded[name] for name in (*COUNT_FIELDS, "updated_at")},
+        )
         async with self.engine.begin() as conn:
-            for i in range(0, len(values), chunk):
-                stmt = insert_for(self.engine, rate_buckets).values(values[i : i + chunk])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["policy_label", "vendor_id", "market", "bucket_start", "partition"],
-                    set_={name: stmt.excluded[name] for name in (*COUNT_FIELDS, "updated_at")},
-                )
-                await conn.execute(stmt)
+            await conn.execute(stmt, values)
         return len(values)
 
     async def upsert_alert(self, event: AlertEvent) -> None:

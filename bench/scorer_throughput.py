@@ -1,0 +1,306 @@
+"""Scorer throughput against what the broker can deliver, measured in the same run.
+
+A realistic mix (about 20 decisions per verdict, a few appeals, 40 labels x 8 vendors x 5 markets,
+2% duplicates, verdicts out of order by up to a few minutes) is put on a local Tansu broker twice:
+as upstream JSON (one event per record) and as the compact msgpack batches ingest hands the
+scorer. Then, one after the other:
+  1. raw aiokafka consumer + orjson on the JSON topic (the broker's ceiling for upstream events),
+  2. raw aiokafka consumer + msgspec on the batch topic (the ceiling for the scorer's input),
+  3. the real scorer (`modq scorer`, a separate process) on the batch topic, timed by its own
+     `modq_scorer_events_total` from the first event processed to the last.
+
+Run: python bench/scorer_throughput.py [--events 600000] [--partitions 4] [--out docs/perf-scorer.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.common.broker import start_broker
+from services.common.wire import (
+    WireDecision,
+    WireEvent,
+    WireVerdict,
+    WireAppeal,
+    encode_batch,
+    decode_batch,
+    partition_for,
+)
+
+LABELS = [f"LABEL_{i:02d}" for i in range(40)]
+VENDORS = [f"V{i:02d}" for i in range(8)]
+MARKETS = ["DE", "FR", "ES", "IT", "PL"]
+T0 = 1_795_000_000_000
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[WireEvent]]:
+    """n upstream events (JSON docs) and their wire forms, in arrival order."""
+    rnd = random.Random(seed)
+    docs: list[dict[str, object]] = []
+    wires: list[WireEvent] = []
+    pending: list[tuple[int, dict[str, object], WireEvent]] = []  # verdicts released later
+    i = 0
+    while len(docs) < n:
+        t = T0 + i * 5
+        did = f"d{i}"
+        label, vendor, market = rnd.choice(LABELS), rnd.choice(VENDORS), rnd.choice(MARKETS)
+        doc = {
+            "schema_version": 1,
+            "event_id": f"e-{did}",
+            "event_time": t,
+            "decision_id": did,
+            "policy_label": label,
+            "vendor_id": vendor,
+            "market": market,
+            "action": "REMOVE",
+            "actor_type": "HUMAN",
+            "entity_type": "LISTING",
+            "entity_id": f"x{i}",
+        }
+        wire: WireEvent = WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
+        docs.append(doc)
+        wires.append(wire)
+        if i % 20 == 0:  # one verdict per 20 decisions, released 0-3 minutes later (out of order)
+            error = rnd.random() < 0.03
+            v = {
+                "schema_version": 1,
+                "event_id": f"v-{did}",
+                "event_time": t + 1000,
+                "verdict_id": f"r-{did}",
+                "decision_id": did,
+                "reviewer_id": "qa",
+                "verdict": "INCORRECT" if error else "CORRECT",
+                "error_type": "OVER_ENFORCEMENT" if error else "NONE",
+            }
+            pending.append(
+                (
+                    len(docs) + rnd.randrange(0, 36_000),
+                    v,
+                    WireVerdict(f"v-{did}", did, t + 1000, f"r-{did}", int(error), int(error), "", 1.0),
+                )
+            )
+        if i % 100 == 7:
+            a = {
+                "schema_version": 1,
+                "event_id": f"a-{did}",
+                "event_time": t + 2000,
+                "appeal_id": f"p-{did}",
+                "decision_id": did,
+                "outcome": "OVERTURNED",
+            }
+            pending.append(
+                (len(docs) + rnd.randrange(0, 36_000), a, WireAppeal(f"a-{did}", did, t + 2000, f"p-{did}", 1))
+            )
+        if rnd.random() < 0.02:  # a redelivered decision
+            docs.append(doc)
+            wires.append(wire)
+        due = [p for p in pending if p[0] <= len(docs)]
+        if due:
+            pending = [p for p in pending if p[0] > len(docs)]
+            for _, d, w in due:
+                docs.append(d)
+                wires.append(w)
+        i += 1
+    return docs[:n], wires[:n]
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, p, 1) for t, p in topics.items()])
+    finally:
+        await admin.close()
+
+
+async def fill(
+    bootstrap: str,
+    raw_topic: str,
+    batch_topic: str,
+    docs: list[dict[str, object]],
+    wires: list[WireEvent],
+    partitions: int,
+) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1_048_576, max_request_size=8_388_608, acks=1
+    )
+    await producer.start()
+    try:
+        futs = []
+        for d in docs:
+            futs.append(await producer.send(raw_topic, orjson.dumps(d), key=str(d["decision_id"]).encode()))
+            if len(futs) >= 20_000:
+                await asyncio.gather(*futs)
+                futs = []
+        await asyncio.gather(*futs)
+        by_partition: dict[int, list[WireEvent]] = defaultdict(list)
+        records = 0
+        for w in wires:
+            p = partition_for(w.decision_id, partitions)
+            by_partition[p].append(w)
+            if len(by_partition[p]) >= 2_000:
+                await (await producer.send(batch_topic, encode_batch(by_partition.pop(p)), partition=p))
+                records += 1
+        for p, batch in by_partition.items():
+            await (await producer.send(batch_topic, encode_batch(batch), partition=p))
+            records += 1
+        return records
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(bootstrap: str, topic: str, expect: int, decode) -> float:  # type: ignore[no-untyped-def]
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8_388_608,
+        fetch_max_bytes=52_428_800,
+    )
+    await consumer.start()
+    try:
+        seen, start = 0, None
+        while seen < expect:
+            polled = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for recs in polled.values():
+                if start is None and recs:
+                    start = time.perf_counter()
+                for r in recs:
+                    seen += decode(r.value)
+        assert start is not None
+        return expect / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+def metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
+
+
+def run_scorer(bootstrap: str, topic: str, partitions: int, expect: int, workdir: Path) -> tuple[float, float]:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MODQ_")},
+        "MODQ_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "MODQ_TOPIC_EVENTS": topic,
+        "MODQ_PARTITIONS": str(partitions),
+        "MODQ_SCORER_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+        "MODQ_SCORER_WEB_PORT": str(port),
+        "MODQ_TOPIC_OUTCOMES": f"bench-outcomes-{uuid.uuid4().hex[:6]}",
+        "MODQ_TOPIC_ALERTS": f"bench-alerts-{uuid.uuid4().hex[:6]}",
+        "MODQ_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
+        "MODQ_SCORER_DATA_DIR": str(workdir / "data"),
+        "MODQ_BASELINE_MODE": "sla",
+        "MODQ_ARL0": "100000",
+        "MODQ_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "scorer"],
+        env=env,
+        stdout=open(workdir / "scorer.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        first = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+            done = metric(text, "modq_scorer_events_total")
+            now = time.perf_counter()
+            if done > 0 and first is None:
+                first = (now, done)
+            if done >= expect:
+                assert first is not None
+                rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+                return (done - first[1]) / (now - first[0]), rss
+        raise RuntimeError("scorer did not finish; see " + str(workdir / "scorer.log"))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def main_async(args: argparse.Namespace) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix="modq-bench-"))
+    port = free_port()
+    broker = start_broker(port, workdir / "broker.log")
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        t = time.perf_counter()
+        docs, wires = make_events(args.events)
+        kinds = defaultdict(int)
+        for w in wires:
+            kinds[type(w).__name__] += 1
+        raw_topic, batch_topic = "bench.raw", "bench.events"
+        await create_topics(bootstrap, {raw_topic: args.partitions, batch_topic: args.partitions})
+        records = await fill(bootstrap, raw_topic, batch_topic, docs, wires, args.partitions)
+        print(
+            f"generated and produced {args.events} events ({dict(kinds)}) in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
+
+        raw_json = await raw_consume(bootstrap, raw_topic, args.events, lambda v: bool(orjson.loads(v)))
+        print(f"raw aiokafka + orjson (JSON, 1 event/record): {raw_json:,.0f} events/s", flush=True)
+        raw_batches = await raw_consume(bootstrap, batch_topic, args.events, lambda v: len(decode_batch(v)))
+        print(f"raw aiokafka + msgspec (batches): {raw_batches:,.0f} events/s", flush=True)
+        scorer, rss = run_scorer(bootstrap, batch_topic, args.partitions, args.events, workdir)
+        print(f"modq scorer: {scorer:,.0f} events/s, RSS {rss / 2**20:.0f} MiB", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    table = [
+        "| measurement | events/s | scorer as share |",
+        "|---|---|---|",
+        f"| raw aiokafka consumer + orjson, upstream JSON topic | {raw_json:,.0f} | {scorer / raw_json:.0%} |",
+        f"| raw aiokafka consumer + msgspec, scorer's batch topic | {raw_batches:,.0f} | {scorer / raw_batches:.0%} |",
+        f"| modq scorer (Faust, one process, {args.partitions} partitions) | {scorer:,.0f} | |",
+    ]
+    return "\n".join(table) + f"\n\n{args.events:,} events; scorer resident memory at the end: {rss / 2**20:.0f} MiB.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=600_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    print(result)
+    if args.out:
+        args.out.write_text(result)
+
+
+if __name__ == "__main__":
+    main()
