@@ -70,25 +70,16 @@ def run_dev(args: argparse.Namespace) -> int:
         procs.append(_spawn("scorer", ["scorer"], env))
         procs.append(_spawn("api", ["api", "--port", str(args.api_port)], env))
         procs.append(_spawn("notifier", ["notifier"], env))
-        key = (
+        key, publisher = (
             subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "services.cli",
-                    "keys",
-                    "create",
-                    "--name",
-                    "dev-operator",
-                    "--role",
-                    "operator",
-                ],
+                [sys.executable, "-m", "services.cli", "keys", "create", "--name", f"dev-{role}", "--role", role],
                 env=env,
                 capture_output=True,
                 text=True,
             )
             .stdout.rsplit(": ", 1)[-1]
             .strip()
+            for role in ("operator", "publisher")
         )
         wait_for_port("127.0.0.1", args.api_port, 60)
         procs.append(_spawn("simulate", ["simulate", "--rate", str(args.rate), "--drift", args.drift], env))
@@ -98,6 +89,7 @@ def run_dev(args: argparse.Namespace) -> int:
         print(f"  ingest    POST http://127.0.0.1:{args.ingest_port}/v1/events/{{decisions,verdicts,appeals}}")
         print(f"  kafka     {env['MODQ_KAFKA_BOOTSTRAP_SERVERS']}   drift injected: {args.drift}")
         print(f"  operator key (ack, silence, resolve): Authorization: Bearer {key}")
+        print(f"  publisher key (ingest HTTP):           Authorization: Bearer {publisher}")
         print("  notifier  no receivers set; MODQ_ALERTMANAGER_URL, MODQ_SLACK_WEBHOOK_URL, ... turn them on")
         print("Ctrl-C stops everything.")
         return _watch(api, procs, args)
