@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -11,7 +12,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -408,7 +411,42 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         by_market: bool = Query(False, description="split each (policy_label, vendor_id) by market"),
         as_of: datetime | None = Query(None, description="end of the windows (event time); default now"),
     ) -> RateList:
-        """Error rates per (policy_label, vendor_id) over event-time windows, with Wilson 95% intervals."""
+        """Error rates per (policy_label, vendor_id) over event-time windows, with Wilson 95% intervals.
+
+        Answers for "now" (no ``as_of``) are shared for ``MODQ_API_RATES_CACHE_S`` seconds between
+        identical requests, computed once however many arrive meanwhile.
+        """
+        if as_of is None and settings.api_rates_cache_s > 0:
+            key = (policy_label, vendor_id, market, window, by_market)
+            hit = rates_cache.get(key)
+            if hit is not None and hit[0] > time.monotonic():
+                return await hit[1]
+            pending: asyncio.Future[RateList] = asyncio.get_running_loop().create_future()
+            rates_cache[key] = (time.monotonic() + settings.api_rates_cache_s, pending)
+            try:
+                result = await compute_rates(engine, policy_label, vendor_id, market, window, by_market, None)
+            except BaseException as exc:
+                rates_cache.pop(key, None)
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: waiters get it, nobody is left with an unread one
+                raise
+            pending.set_result(result)
+            if len(rates_cache) > 10_000:
+                rates_cache.clear()
+            return result
+        return await compute_rates(engine, policy_label, vendor_id, market, window, by_market, as_of)
+
+    rates_cache: dict[tuple[object, ...], tuple[float, asyncio.Future[RateList]]] = {}
+
+    async def compute_rates(
+        engine: AsyncEngine,
+        policy_label: str | None,
+        vendor_id: str | None,
+        market: str | None,
+        window: Window | None,
+        by_market: bool,
+        as_of: datetime | None,
+    ) -> RateList:
         end = _utc(as_of) or datetime.now(tz=UTC)
         if not 1970 <= end.year <= 9998:  # the windows must fit in a datetime (found by schemathesis)
             raise HTTPException(400, "as_of must be between the years 1970 and 9998")
@@ -458,14 +496,26 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     def _history_item(row: dict[str, object]) -> HistoryItem:
         return HistoryItem.model_validate(_aware(row))
 
+    def _links(row: Any) -> dict[str, str]:
+        base = settings.public_api_url.rstrip("/")
+        pair = urlencode({"policy_label": row["policy_label"], "vendor_id": row["vendor_id"]})
+        return {"self": f"{base}/v1/alerts/{quote(str(row['alert_id']), safe='')}", "rates": f"{base}/v1/rates?{pair}"}
+
     def _alert_item(row: dict[str, object]) -> AlertItem:
         data = _aware(row)
-        base = settings.public_api_url.rstrip("/")
-        data["links"] = {
-            "self": f"{base}/v1/alerts/{row['alert_id']}",
-            "rates": f"{base}/v1/rates?policy_label={row['policy_label']}&vendor_id={row['vendor_id']}",
-        }
+        data["links"] = _links(row)
         return AlertItem.model_validate(data)
+
+    alert_fields = tuple(f for f in AlertItem.model_fields if f != "links")
+
+    def _alert_json(row: Any) -> dict[str, Any]:
+        """An AlertItem as plain JSON types, without a model round trip (the list endpoint's hot path)."""
+        out = {}
+        for f in alert_fields:
+            v = row[f]
+            out[f] = _utc(v).isoformat() if isinstance(v, datetime) else v  # type: ignore[union-attr]
+        out["links"] = _links(row)
+        return out
 
     def _alert_query(
         status: AlertStatus | None, policy_label: str | None, vendor_id: str | None, rule: str | None
@@ -497,12 +547,12 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         stmt = _after(_alert_query(status, policy_label, vendor_id, rule), cursor).limit(limit + 1)
         async with engine.connect() as conn:
             rows = (await conn.execute(stmt)).mappings().all()
-        items = [_alert_item(dict(r)) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
             next_cursor = _encode_cursor(last["started_at"], last["alert_id"])
-        return AlertList(items=items, next_cursor=next_cursor)
+        body = {"items": [_alert_json(r) for r in rows[:limit]], "next_cursor": next_cursor}
+        return Response(orjson.dumps(body), media_type="application/json")  # type: ignore[return-value]
 
     @app.get(
         "/v1/alerts/export.csv",

@@ -178,6 +178,7 @@ class ApiSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_read_requires_key: bool = Field(False, description="reads need a viewer key too (writes always need a key)")
+    api_rates_cache_s: float = Field(1.0, ge=0, description="identical /v1/rates requests for now share an answer")
 
 
 class NotifierSettings(CommonSettings):

@@ -160,7 +160,7 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
             "Throughput",
             "Detector statistic (CUSUM) per pair",
             "Verdicts by error type",
-            "Open quality alerts",
+            "Dead letters by reason",
         ):
             assert any(answered[e] for t, e in panel_queries() if t == title), title
 

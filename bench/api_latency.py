@@ -1,0 +1,267 @@
+"""API latency at a steady request rate, over PostgreSQL with realistic volumes.
+
+Fills a fresh PostgreSQL database with one minute-bucket per (label, vendor, market) for the last
+`--hours` hours (40 x 8 x 5 series) and `--alerts` alert rows, starts `modq api`, and sends
+requests open-loop at `--rate` per second for `--seconds`, recording each latency. The baseline
+is `GET /healthz` (no database) measured the same way in the same run.
+
+Run: python bench/api_latency.py [--hours 2] [--alerts 1000000] [--rate 200] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port
+from services.common.db import make_engine
+from services.common.migrate import ensure_schema
+
+ADMIN = os.environ.get("MODQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def fill(dsn: str, hours: int, n_alerts: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        now = datetime.now(tz=UTC).replace(second=0, microsecond=0)
+        rnd = random.Random(1)
+        rows = []
+        for minute in range(hours * 60):
+            start = now - timedelta(minutes=minute + 1)
+            for label in LABELS:
+                for vendor in VENDORS:
+                    for market in MARKETS:
+                        verdicts = rnd.randrange(0, 4)
+                        errors = int(rnd.random() < 0.03 * verdicts)
+                        rows.append(
+                            (
+                                label,
+                                vendor,
+                                market,
+                                start,
+                                0,
+                                verdicts,
+                                errors,
+                                errors,
+                                0,
+                                0,
+                                0,
+                                0,
+                                rnd.randrange(20, 80),
+                                0,
+                                0,
+                                float(verdicts),
+                                float(errors),
+                                now,
+                            )
+                        )
+        cols = [
+            "policy_label",
+            "vendor_id",
+            "market",
+            "bucket_start",
+            "partition",
+            "verdicts",
+            "errors",
+            "over_enforcement",
+            "under_enforcement",
+            "wrong_label",
+            "wrong_action",
+            "unable_to_judge",
+            "decisions",
+            "appeals",
+            "overturned",
+            "weighted_verdicts",
+            "weighted_errors",
+            "updated_at",
+        ]
+        await conn.copy_records_to_table("rate_buckets", records=rows, columns=cols)
+        alerts = []
+        for i in range(n_alerts):
+            t = now - timedelta(seconds=i * 30)
+            label, vendor = LABELS[i % 40], VENDORS[i % 8]
+            alerts.append(
+                (
+                    str(uuid.UUID(int=i)),
+                    f"error_rate|{label}|{vendor}",
+                    "error_rate",
+                    label,
+                    vendor,
+                    "ANY",
+                    "resolved" if i > 50 else "firing",
+                    t,
+                    t,
+                    t if i > 50 else None,
+                    0.03,
+                    0.08,
+                    0.05,
+                    0.12,
+                    400,
+                    32,
+                    7.0,
+                    6.6,
+                    "error rate rose",
+                    now,
+                )
+            )
+        acols = [
+            "alert_id",
+            "dedup_key",
+            "rule",
+            "policy_label",
+            "vendor_id",
+            "error_type",
+            "status",
+            "started_at",
+            "onset_at",
+            "resolved_at",
+            "baseline_rate",
+            "observed_rate",
+            "ci_low",
+            "ci_high",
+            "verdicts",
+            "errors",
+            "statistic",
+            "threshold",
+            "summary",
+            "updated_at",
+        ]
+        await conn.copy_records_to_table("alerts", records=alerts, columns=acols)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def load(client: httpx.AsyncClient, paths: list[str], rate: float, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(path: str) -> None:
+        nonlocal errors
+        t = time.perf_counter()
+        try:
+            resp = await client.get(path)
+            errors += resp.status_code != 200
+        except httpx.HTTPError:
+            errors += 1
+        latencies.append(time.perf_counter() - t)
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(paths[i % len(paths)])))
+    await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def summary(lat: list[float]) -> str:
+    q = statistics.quantiles(lat, n=100)
+    return f"{statistics.median(lat) * 1000:.1f} / {q[94] * 1000:.1f} / {q[98] * 1000:.1f}"
+
+
+async def main_async(args: argparse.Namespace) -> str:
+    name = f"modq_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    dsn = ADMIN.rsplit("/", 1)[0] + "/" + name
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://")
+    workdir = Path(tempfile.mkdtemp(prefix="modq-api-bench-"))
+    proc = None
+    try:
+        engine = make_engine(url)
+        await ensure_schema(engine, auto_migrate=True)
+        await engine.dispose()
+        t = time.perf_counter()
+        await fill(dsn, args.hours, args.alerts)
+        print(
+            f"filled {args.hours * 60 * 1600:,} buckets and {args.alerts:,} alerts in {time.perf_counter() - t:.0f} s",
+            flush=True,
+        )
+        port = free_port()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MODQ_")},
+            "MODQ_DATABASE_URL": url,
+            "MODQ_LOG_LEVEL": "WARNING",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "api", "--port", str(port)],
+            env=env,
+            stdout=open(workdir / "api.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=100)
+        ) as client:
+            for _ in range(100):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.2)
+            first = (await client.get("/v1/alerts", params={"limit": 100})).json()
+            cursor = first["next_cursor"]
+            deep = (await client.get("/v1/alerts", params={"limit": 100, "cursor": cursor})).json()["next_cursor"]
+            cases = {
+                "GET /healthz (baseline, no database)": ["/healthz"],
+                "GET /v1/rates?window=1h&policy_label=&vendor_id= (one pair)": [
+                    f"/v1/rates?window=1h&policy_label={LABELS[i % 40]}&vendor_id={VENDORS[i % 8]}" for i in range(64)
+                ],
+                "GET /v1/rates?window=1h (all 320 pairs)": ["/v1/rates?window=1h"],
+                "GET /v1/alerts?limit=100 (first page, 1M rows)": ["/v1/alerts?limit=100"],
+                "GET /v1/alerts?limit=100&cursor= (a later page)": [f"/v1/alerts?limit=100&cursor={deep}"],
+                "GET /v1/alerts?status=firing&vendor_id=V03": ["/v1/alerts?status=firing&vendor_id=V03"],
+            }
+            rows = []
+            for title, paths in cases.items():
+                await load(client, paths, 20, 1)  # warm up
+                lat, failed = await load(client, paths, args.rate, args.seconds)
+                rows.append(f"| {title} | {args.rate:.0f}/s | {summary(lat)} | {failed} |")
+                await asyncio.sleep(2)
+                print(rows[-1], flush=True)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        admin = await asyncpg.connect(ADMIN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    head = ["| request | rate | latency ms: median / p95 / p99 | failed |", "|---|---|---|---|"]
+    return (
+        "\n".join(head + rows) + f"\n\n{args.hours} h of minute buckets for 1,600 series; {args.alerts:,} alert rows.\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hours", type=int, default=2)
+    parser.add_argument("--alerts", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    print(result)
+    if args.out:
+        args.out.write_text(result)
+
+
+if __name__ == "__main__":
+    main()
