@@ -175,6 +175,16 @@ def summary(lat: list[float]) -> str:
     return f"{statistics.median(lat) * 1000:.1f} / {q[94] * 1000:.1f} / {q[98] * 1000:.1f}"
 
 
+def start_api(env: dict[str, str], port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    log = open(workdir / "api.log", "wb")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "api", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 async def main_async(args: argparse.Namespace) -> str:
     name = f"modq_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN)
@@ -200,12 +210,7 @@ async def main_async(args: argparse.Namespace) -> str:
             "MODQ_DATABASE_URL": url,
             "MODQ_LOG_LEVEL": "WARNING",
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "api", "--port", str(port)],
-            env=env,
-            stdout=open(workdir / "api.log", "wb"),
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_api(env, port, workdir)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=100)
         ) as client:

@@ -33,12 +33,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.common.broker import start_broker
 from services.common.wire import (
+    WireAppeal,
     WireDecision,
     WireEvent,
     WireVerdict,
-    WireAppeal,
-    encode_batch,
     decode_batch,
+    encode_batch,
     partition_for,
 )
 
@@ -226,7 +226,7 @@ def run_scorer(bootstrap: str, topic: str, partitions: int, expect: int, workdir
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "scorer"],
         env=env,
-        stdout=open(workdir / "scorer.log", "wb"),
+        stdout=open(workdir / "scorer.log", "wb"),  # noqa: SIM115 - owned by the child
         stderr=subprocess.STDOUT,
     )
     try:
@@ -265,7 +265,7 @@ async def main_async(args: argparse.Namespace) -> str:
             kinds[type(w).__name__] += 1
         raw_topic, batch_topic = "bench.raw", "bench.events"
         await create_topics(bootstrap, {raw_topic: args.partitions, batch_topic: args.partitions})
-        records = await fill(bootstrap, raw_topic, batch_topic, docs, wires, args.partitions)
+        await fill(bootstrap, raw_topic, batch_topic, docs, wires, args.partitions)
         print(
             f"generated and produced {args.events} events ({dict(kinds)}) in {time.perf_counter() - t:.1f} s",
             flush=True,
