@@ -155,37 +155,37 @@ async def eventually(check, timeout: float = 90.0, interval: float = 0.5):  # ty
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[object]:
-    """Starts a real Alertmanager (Debian's) routing to a webhook; stopped after the test, failed or not."""
-    from tests.receivers import start_alertmanager
+class Daemons:
+    """Third-party daemons started by one test, stopped after it, failed or not."""
 
-    procs: list[subprocess.Popen[bytes]] = []
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
 
-    def _start(port: int, hook_port: int) -> subprocess.Popen[bytes]:
-        proc = start_alertmanager(tmp_path / f"am-{port}", port, hook_port)
-        procs.append(proc)
+    def add(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.procs.append(proc)
         return proc
 
-    yield _start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[object]:
+    """Starts a real Alertmanager (Debian's) routing to a webhook at hook_port."""
+    from tests.receivers import start_alertmanager
+
+    daemons = Daemons()
+    yield lambda port, hook_port: daemons.add(start_alertmanager(tmp_path / f"am-{port}", port, hook_port))
+    daemons.stop()
 
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[object]:
-    """Starts a real Prometheus scraping the given targets; stopped after the test."""
+    """Starts a real Prometheus scraping the given {job: host:port} targets, with modq's rules."""
     from tests.observability import start_prometheus
 
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def _start(port: int, targets: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = start_prometheus(tmp_path / f"prom-{port}", port, targets)
-        procs.append(proc)
-        return proc
-
-    yield _start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+    daemons = Daemons()
+    yield lambda port, targets: daemons.add(start_prometheus(tmp_path / f"prom-{port}", port, targets))
+    daemons.stop()

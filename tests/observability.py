@@ -6,11 +6,10 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from tests.daemons import start_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "modq-rules.yml"
@@ -34,28 +33,13 @@ def start_prometheus(workdir: Path, port: int, targets: dict[str, str]) -> subpr
         "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [t]}]} for job, t in targets.items()],
     }
     (workdir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=open(workdir / "prometheus.log", "wb"),  # noqa: SIM115 - owned by the child
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("prometheus did not start: " + (workdir / "prometheus.log").read_text()[-2000:])
+    argv = [
+        PROMETHEUS,
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    return start_daemon(argv, workdir / "prometheus.log", f"http://127.0.0.1:{port}/-/ready")
 
 
 VARIABLES = {"$policy_label": ".*", "$vendor_id": ".*", "$__rate_interval": "1m"}

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from aiohttp import web
 
 from services.notifier.messages import verify
+from tests.daemons import start_daemon
 
 
 class Recorder:
@@ -100,26 +99,11 @@ def start_alertmanager(workdir: Path, port: int, hook_port: int) -> subprocess.P
     assert ALERTMANAGER_BIN, "prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)"
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "am.yml").write_text(ALERTMANAGER_CONFIG.format(hook_port=hook_port))
-    proc = subprocess.Popen(
-        [
-            ALERTMANAGER_BIN,
-            f"--config.file={workdir / 'am.yml'}",
-            f"--storage.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-        ],
-        stdout=open(workdir / "am.log", "wb"),  # noqa: SIM115 - owned by the child
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("alertmanager did not start: " + (workdir / "am.log").read_text()[-2000:])
+    argv = [
+        ALERTMANAGER_BIN,
+        f"--config.file={workdir / 'am.yml'}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    return start_daemon(argv, workdir / "am.log", f"http://127.0.0.1:{port}/-/ready")
