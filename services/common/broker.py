@@ -28,9 +28,15 @@ def wait_for_port(host: str, port: int, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def start_broker(port: int = 9092, log_path: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start Tansu with in-memory storage on 127.0.0.1:port and wait until it accepts connections."""
+def start_broker(
+    port: int = 9092, log_path: Path | None = None, advertised_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start Tansu with in-memory storage on 127.0.0.1:port and wait until it accepts connections.
+
+    ``advertised_port``: the port clients are told to connect to (a proxy in front, for tests).
+    """
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [
@@ -39,7 +45,7 @@ def start_broker(port: int = 9092, log_path: Path | None = None) -> subprocess.P
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ],

@@ -94,8 +94,8 @@ def create_ingest_app(service: IngestService) -> FastAPI:
         if not limits.allow(who.key_id, now):
             wait = max(1, math.ceil(limits.retry_after(who.key_id, now)))
             raise HTTPException(429, "rate limit exceeded for this API key", headers={"Retry-After": str(wait)})
-        if not service.ready:
-            raise HTTPException(503, "ingest is not connected to Kafka yet")
+        if not service.serving:
+            raise HTTPException(503, "ingest cannot reach Kafka right now; retry later")
         body = await read_body(request)
         try:
             items = orjson.loads(body)
@@ -141,7 +141,7 @@ def create_ingest_app(service: IngestService) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz(response: Response) -> dict[str, str]:
-        if not service.ready:
+        if not service.serving:
             response.status_code = 503
             return {"status": "not ready"}
         return {"status": "ready"}

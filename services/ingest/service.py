@@ -7,6 +7,7 @@ from them is acknowledged by the broker; the scorer's idempotent state absorbs r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -128,6 +129,8 @@ class IngestService:
         self.ready = False
         self._stopping = asyncio.Event()
         self._running, self._stopped = asyncio.Event(), asyncio.Event()
+        self.broker_ok = True
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -155,12 +158,38 @@ class IngestService:
         )
         await self.consumer.start()
         self.ready = True
+        self._watcher = asyncio.create_task(self._watch_broker(), name="ingest-broker-watch")
         log.info("ingest consuming", extra={"topics": list(s.input_topics)})
+
+    @property
+    def serving(self) -> bool:
+        """Ready for traffic: started, last produce fine, and the broker answering metadata requests."""
+        return self.ready and self.broker_ok
+
+    async def _watch_broker(self, interval_s: float = 3.0) -> None:
+        """Ask the cluster for metadata every few seconds, so an outage shows as not ready even when idle."""
+        assert self.producer is not None
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self.producer.client.fetch_all_metadata(), interval_s)
+                if not self.broker_ok:
+                    log.warning("broker reachable again")
+                self.broker_ok = True
+            except (KafkaError, TimeoutError, OSError) as exc:
+                if self.broker_ok:
+                    log.warning("broker unreachable", extra={"error": str(exc)})
+                self.broker_ok = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful: the poll in flight is produced and committed before the clients close."""
         self._stopping.set()
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
         if self._running.is_set():
             try:
                 await asyncio.wait_for(self._stopped.wait(), timeout_s)
