@@ -128,7 +128,7 @@ class Scorer:
             value_serializer="raw",
             topic_allow_declare=True,
             consumer_auto_offset_reset="earliest",
-            broker_credentials=None,
+            broker_credentials=faust_credentials(s),
         )
         self.events_topic = app.topic(
             s.topic_events, value_serializer="raw", key_serializer="raw", partitions=s.partitions
@@ -394,6 +394,26 @@ def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
     table.key_serializer = "raw"
     table.value_serializer = "raw"
     return table
+
+
+def faust_credentials(s: ScorerSettings) -> Any:
+    """The scorer's Kafka security from the same MODQ_KAFKA_* settings as the other services."""
+    protocol = s.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        context = create_ssl_context(cafile=s.kafka_ssl_cafile)
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=s.kafka_sasl_password,
+            mechanism=s.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    return faust.SSLCredentials(context)
 
 
 def _raw_mapping(table: Any) -> Any:

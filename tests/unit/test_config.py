@@ -27,3 +27,25 @@ def test_a_bad_database_url_is_refused_with_a_clear_message(monkeypatch: pytest.
     monkeypatch.setenv("MODQ_DATABASE_URL", "postgresql://no-async-driver/db")
     with pytest.raises(ValueError, match="postgresql\\+asyncpg"):
         NotifierSettings()
+
+
+def test_the_scorer_takes_the_same_kafka_security_settings() -> None:
+    from services.common.config import ScorerSettings
+    from services.scorer.app import faust_credentials
+
+    assert faust_credentials(ScorerSettings()) is None
+    sasl = faust_credentials(
+        ScorerSettings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="modq",
+            kafka_sasl_password="secret",
+        )
+    )
+    assert (type(sasl).__name__, sasl.username, str(sasl.mechanism.value)) == (
+        "SASLCredentials",
+        "modq",
+        "SCRAM-SHA-512",
+    )
+    assert sasl.ssl_context is not None  # SASL over TLS
+    assert type(faust_credentials(ScorerSettings(kafka_security_protocol="SSL"))).__name__ == "SSLCredentials"
