@@ -29,6 +29,7 @@ import httpx
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
+from services.scorer.rates import COUNT_FIELDS
 
 ADMIN = os.environ.get("MODQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -68,26 +69,7 @@ async def fill(dsn: str, hours: int, n_alerts: int) -> None:
                                 now,
                             )
                         )
-        cols = [
-            "policy_label",
-            "vendor_id",
-            "market",
-            "bucket_start",
-            "partition",
-            "verdicts",
-            "errors",
-            "over_enforcement",
-            "under_enforcement",
-            "wrong_label",
-            "wrong_action",
-            "unable_to_judge",
-            "decisions",
-            "appeals",
-            "overturned",
-            "weighted_verdicts",
-            "weighted_errors",
-            "updated_at",
-        ]
+        cols = ["policy_label", "vendor_id", "market", "bucket_start", "partition", *COUNT_FIELDS, "updated_at"]
         await conn.copy_records_to_table("rate_buckets", records=rows, columns=cols)
         alerts = []
         for i in range(n_alerts):

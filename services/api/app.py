@@ -22,13 +22,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import DataError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.actions import AlertAction, encode_action, new_action
-from services.common.auth import Principal, Role, authenticate
+from services.common.auth import Principal, Role, authenticate, key_from_headers
 from services.common.config import ApiSettings
-from services.common.db import alert_history, alerts, make_engine, rate_buckets, silences
+from services.common.db import DB_UNAVAILABLE, alert_history, alerts, make_engine, rate_buckets, silences
 from services.common.history import apply_action
 from services.common.kafka import make_producer
 from services.common.migrate import ensure_schema
@@ -288,7 +288,7 @@ class QualityGauges:
                         .group_by(alerts.c.rule, alerts.c.status)
                     )
                 ).all()
-        except (OperationalError, DBAPIError, OSError):
+        except DB_UNAVAILABLE:
             log.warning("metrics: database unavailable, serving the last values")
             return
         for gauge in (self.rate, self.low, self.high, self.verdicts, self.open):
@@ -334,8 +334,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     producer: dict[str, AIOKafkaProducer] = {}  # started on first use: the API must run without Kafka
 
     async def principal(request: Request) -> Principal | None:
-        header = request.headers.get("authorization", "")
-        key = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        key = key_from_headers(request.headers)
         if not key:
             return None
         who = await authenticate(request.app.state.engine, key)
@@ -393,7 +392,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
             response = JSONResponse(
                 {"detail": "a value in the request cannot be stored or searched for"}, status_code=400
             )
-        except (OperationalError, DBAPIError, OSError):
+        except DB_UNAVAILABLE:
             log.exception("database unavailable")
             response = JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
         path = getattr(request.scope.get("route"), "path", None) or getattr(route, "path", "unmatched")
@@ -777,7 +776,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
         try:
             async with engine.connect() as conn:
                 await conn.execute(select(1))
-        except (OperationalError, DBAPIError, OSError):
+        except DB_UNAVAILABLE:
             response.status_code = 503
             return {"status": "database unavailable"}
         return {"status": "ready"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -44,6 +45,16 @@ class Principal:
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key_from_headers(headers: Mapping[str, str]) -> str:
+    """The API key of a request: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; "" if none.
+
+    >>> key_from_headers({"authorization": "Bearer modq_k1_s"}), key_from_headers({"x-api-key": "k"})
+    ('modq_k1_s', 'k')
+    """
+    header = headers.get("authorization", "")
+    return header[7:] if header.lower().startswith("bearer ") else headers.get("x-api-key", "")
 
 
 def split_key(key: str) -> tuple[str, str] | None:

@@ -18,9 +18,13 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.scorer.rates import COUNT_FIELDS
+
+DB_UNAVAILABLE = (OperationalError, DBAPIError, OSError)
+"""What a database call raises when the database is down or unreachable (retry, or answer 503)."""
 
 metadata = MetaData()
 

@@ -12,10 +12,9 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy.exc import DBAPIError, OperationalError
 
-from services.common.auth import KeyCache, Principal
-from services.common.db import make_engine
+from services.common.auth import KeyCache, Principal, key_from_headers
+from services.common.db import DB_UNAVAILABLE, make_engine
 from services.common.ratelimit import RateLimits
 from services.common.wire import to_ms
 from services.ingest.service import IngestService
@@ -54,8 +53,7 @@ def create_ingest_app(service: IngestService) -> FastAPI:
     async def publisher(request: Request) -> Principal:
         if not s.ingest_require_key:
             return ANONYMOUS
-        header = request.headers.get("authorization", "")
-        key = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+        key = key_from_headers(request.headers)
         if not key:
             raise HTTPException(
                 401, "an API key with role publisher is required", headers={"WWW-Authenticate": "Bearer"}
@@ -64,7 +62,7 @@ def create_ingest_app(service: IngestService) -> FastAPI:
             keys["cache"] = KeyCache(make_engine(s.database_url))
         try:
             who = await keys["cache"].authenticate(key, time.monotonic())
-        except (OperationalError, DBAPIError, OSError):
+        except DB_UNAVAILABLE:
             raise HTTPException(503, "cannot check API keys right now, retry later") from None
         if who is None:
             raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})

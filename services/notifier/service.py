@@ -27,12 +27,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.actions import decode_action
 from services.common.config import NotifierSettings
-from services.common.db import alerts, insert_for, make_engine, notification_deliveries, silences
+from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
 from services.common.history import apply_action
 from services.common.kafka import ensure_topics
 from services.common.migrate import ensure_schema
@@ -49,7 +48,6 @@ from services.scorer.alerts import AlertEvent
 
 log = logging.getLogger("modq.notifier")
 T = TypeVar("T")
-DB_ERRORS = (OperationalError, DBAPIError, OSError)
 _alert_decoder = msgspec.json.Decoder(AlertEvent)
 
 
@@ -182,7 +180,7 @@ class Notifier:
         while True:
             try:
                 return await op()
-            except DB_ERRORS as exc:
+            except DB_UNAVAILABLE as exc:
                 log.warning("database unavailable, retrying", extra={"error": type(exc).__name__})
                 await self._pause(attempt)
                 attempt += 1
@@ -362,7 +360,7 @@ class Notifier:
                 await asyncio.wait_for(self._stopping.wait(), self.settings.alertmanager_resend_s)
             try:
                 await am.resend(await self.firing_notices())
-            except (DeliveryError, *DB_ERRORS) as exc:
+            except (DeliveryError, *DB_UNAVAILABLE) as exc:
                 log.warning("re-sending firing alerts failed", extra={"error": str(exc)})
 
 
