@@ -206,10 +206,10 @@ def core_rate(wires: list[WireEvent]) -> tuple[float, float]:
     payloads = [encode_batch(wires[i : i + 2_000]) for i in range(0, len(wires), 2_000)]
     store: dict[bytes, bytes] = {}
     start = time.perf_counter()
-    for payload in payloads:
+    for offset, payload in enumerate(payloads):
         writes, deltas = score_batch(decode_batch(payload), store.get)
         store.update(writes)
-        group_outcomes(deltas)
+        group_outcomes([(0, offset, deltas)])
     rate = len(wires) / (time.perf_counter() - start)
     return rate, sum(len(k) + len(v) for k, v in store.items()) / len(store)
 

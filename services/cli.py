@@ -162,6 +162,7 @@ def _scorer(args: argparse.Namespace) -> int:
     from services.common.kafka import ensure_topics
     from services.common.logging import configure_logging, json_logging_config
     from services.scorer.app import Scorer
+    from services.scorer.stage import changelog_topic
 
     settings = ScorerSettings()
     configure_logging(settings.log_level, "scorer")
@@ -170,10 +171,15 @@ def _scorer(args: argparse.Namespace) -> int:
 
     # Declared up front with the configured partition count: Faust checks that every table's
     # changelog has as many partitions as its source topic.
+    changelog = changelog_topic(settings)
     asyncio.run(
         ensure_topics(
             settings,
-            {t: settings.partitions for t in (settings.topic_events, settings.topic_outcomes, settings.topic_alerts)},
+            {
+                t: settings.partitions
+                for t in (settings.topic_events, settings.topic_outcomes, settings.topic_alerts, changelog)
+            },
+            configs={changelog: {"cleanup.policy": "compact"}},
         )
     )
     scorer = Scorer(settings)

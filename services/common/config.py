@@ -166,6 +166,9 @@ class ScorerSettings(CommonSettings):
         )
 
     flush_interval_s: float = Field(1.0, gt=0)
+    scorer_partition_fetch_bytes: int = Field(
+        262_144, ge=65_536, description="per-partition fetch size of the events consumer (keeps partitions in step)"
+    )
     scorer_stall_timeout_s: float = Field(120.0, gt=0, description="no progress with input waiting: unhealthy")
     scorer_exit_on_stall: bool = Field(True, description="exit (for the supervisor to restart) on a stall")
     faust_session_timeout_s: float = 30.0

@@ -14,13 +14,20 @@ from services.common.config import CommonSettings
 log = logging.getLogger("modq.kafka")
 
 
-async def ensure_topics(settings: CommonSettings, topics: dict[str, int]) -> None:
-    """Create topics that do not exist yet (name -> partitions); existing ones are left as they are."""
+async def ensure_topics(
+    settings: CommonSettings, topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+) -> None:
+    """Create topics that do not exist yet (name -> partitions, optional name -> topic configs);
+    existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in topics.items() if name not in existing]
+        missing = [
+            NewTopic(name, n, 1, topic_configs=(configs or {}).get(name, {}))
+            for name, n in topics.items()
+            if name not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)

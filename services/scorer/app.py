@@ -1,12 +1,13 @@
-"""The scorer as a Faust app: three agents around the pure pipeline.
+"""The scorer as a Faust app around the pure pipeline.
 
-- ``score``: modq.events (batches, co-partitioned by decision_id) -> decision and bucket tables,
-  outcomes grouped by (policy_label, vendor_id) to modq.pair-outcomes.
-- ``detect``: modq.pair-outcomes -> monitor table, alert state changes to quality.alerts.
-- ``record_alerts``: quality.alerts -> alert history in the database (idempotent upserts).
+- stage 1 (``services.scorer.stage``, a plain aiokafka consumer group in the worker):
+  modq.events (batches, co-partitioned by decision_id) -> decision state and rate book, outcomes
+  grouped by (policy_label, vendor_id) to modq.pair-outcomes.
+- agent ``detect``: modq.pair-outcomes -> monitor table, alert state changes to quality.alerts.
+- agent ``record_alerts``: quality.alerts -> alert history in the database (idempotent upserts).
 Rate buckets reach the database from a timer that upserts the buckets changed since the last
-flush (absolute values, so a repeated flush is harmless). All state lives in changelogged
-tables, so it survives restarts.
+flush (absolute values, so a repeated flush is harmless). All state lives in changelogs, so it
+survives restarts.
 """
 
 from __future__ import annotations
@@ -21,26 +22,18 @@ from typing import Any
 
 import faust
 import msgspec
-from aiokafka import AIOKafkaProducer
-from faust.stores.memory import Store as MemoryStore
-from faust.types import TP
+from aiokafka import TopicPartition
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
-from services.common.kafka import make_producer
-from services.common.wire import ERROR_TYPES, decode_batch, partition_for
+from services.common.wire import ERROR_TYPES
 from services.scorer.alerts import AlertEvent
-from services.scorer.pipeline import (
-    Detection,
-    RateBook,
-    detect,
-    group_outcomes,
-    score_batch,
-)
+from services.scorer.pipeline import Detection, RateBook, detect
 from services.scorer.sink import DbSink
+from services.scorer.stage import DecisionStage
 
 log = logging.getLogger("modq.scorer")
 
@@ -104,12 +97,10 @@ class Scorer:
         self.engine: AsyncEngine | None = None
         self.sink: DbSink | None = None
         self.book = RateBook()
-        # events partition -> (next offset to process, monotonic time it last advanced)
-        self.progress: dict[int, tuple[int, float]] = {}
+        self.stage = DecisionStage(s, self.book, self.metrics, on_batch=self._on_batch)
         self.stalled: list[int] = []
         self.ready = False
         self.policy = s.monitor_policy()
-        self._producer: AIOKafkaProducer | None = None
         self.label_budget, self.vendor_budget = s.metric_budgets()
         self.app = app = faust.App(
             s.scorer_app_id,
@@ -130,16 +121,12 @@ class Scorer:
             consumer_auto_offset_reset="earliest",
             broker_credentials=faust_credentials(s),
         )
-        self.events_topic = app.topic(
-            s.topic_events, value_serializer="raw", key_serializer="raw", partitions=s.partitions
-        )
         self.outcomes_topic = app.topic(
             s.topic_outcomes, value_serializer="raw", key_serializer="raw", partitions=s.partitions
         )
         self.alerts_topic = app.topic(
             s.topic_alerts, value_serializer="raw", key_serializer="raw", partitions=s.partitions
         )
-        self.decisions = _raw_table(app, "decisions", s.partitions)
         self.monitors = _raw_table(app, "monitors", s.partitions)
         self._wire()
 
@@ -155,11 +142,24 @@ class Scorer:
                 m.statistic.labels(label, vendor, rule).set(statistic)
                 m.monitor_firing.labels(label, vendor, rule).set(1 if firing else 0)
 
+    def _on_batch(self, records: int, events: int, outcomes: int, newest_ms: int) -> None:
+        m = self.metrics
+        m.batches.inc(records)
+        m.events.inc(events)
+        m.outcomes.inc(outcomes)
+        now = time.time()
+        m.last_processed.set(now)
+        if newest_ms:
+            m.lag.observe(max(0.0, now - newest_ms / 1000))
+
     def observe_consumer_lag(self) -> None:
-        for partition, (next_offset, _) in self.progress.items():
-            tp = TP(self.settings.topic_events, partition)
+        consumer = self.stage.consumer
+        if consumer is None:
+            return
+        for partition, (next_offset, _) in self.stage.progress.items():
+            tp = TopicPartition(self.settings.topic_events, partition)
             try:
-                highwater = self.app.consumer.highwater(tp)
+                highwater = consumer.highwater(tp)
             except Exception:  # not assigned (any more), or no fetch yet
                 continue
             if highwater is not None and next_offset >= 0:
@@ -171,32 +171,12 @@ class Scorer:
     def _wire(self) -> None:
         app, s, m = self.app, self.settings, self.metrics
 
-        @app.agent(self.events_topic, name="score")
-        async def score(stream: faust.StreamT[bytes]) -> None:
-            async for event in stream.events():
-                batch = decode_batch(event.value)
-                partition = event.message.partition
-                writes, deltas = score_batch(batch, _raw_mapping(self.decisions).get)
-                sent = await self._put_many(self.decisions, writes, partition)
-                self.book.apply(partition, deltas)
-                self.progress[partition] = (event.message.offset + 1, time.monotonic())
-                for pair, payload in group_outcomes(deltas).items():
-                    sent.append(await self.outcomes_topic.send(key=pair, value=payload))
-                await asyncio.gather(*sent)  # durable before Faust may commit this offset
-                m.batches.inc()
-                m.events.inc(len(batch))
-                m.outcomes.inc(len(deltas.outcomes))
-                now = time.time()
-                m.last_processed.set(now)
-                if batch:
-                    m.lag.observe(max(0.0, now - max(ev.t_ms for ev in batch) / 1000))
-
         @app.agent(self.outcomes_topic, name="detect")
         async def run_detectors(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
                 found = detect(event.key, event.value, self.monitors.get, self.policy)
-                sent = [await self._put(self.monitors, event.key, found.state, event.message.partition)]
                 self._observe(found)
+                sent = []
                 for change in found.changes:
                     m.alert_changes.labels(change.status).inc()
                     log.warning(
@@ -206,7 +186,10 @@ class Scorer:
                     sent.append(
                         await self.alerts_topic.send(key=change.dedup_key.encode(), value=_encode_alert(change))
                     )
+                # Alerts are durable before the state that says they were raised (and which
+                # source offsets were applied), and that state before the offset is committed.
                 await asyncio.gather(*sent)
+                await (await self._put(self.monitors, event.key, found.state, event.message.partition))
 
         @app.agent(self.alerts_topic, name="record_alerts")
         async def record_alerts(stream: faust.StreamT[bytes]) -> None:
@@ -222,18 +205,14 @@ class Scorer:
         async def on_start() -> None:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
+            await self.stage.start()
+
+        @app.on_before_shutdown.connect
+        async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+            await self.stage.stop()
 
         @app.on_rebalance_complete.connect
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
-            # The book is a view of the decision table: rebuild it from what this worker now owns.
-            owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == s.topic_events}
-            self.book.rebuild(
-                (p, raw)
-                for key, raw in self.decisions.items()
-                if (p := partition_for(key.decode(), s.partitions)) in owned
-            )
-            now = time.monotonic()
-            self.progress = {p: (self.progress.get(p, (-1, now))[0], now) for p in owned}
             self.ready = True
 
         @app.timer(interval=5.0)
@@ -271,29 +250,31 @@ class Scorer:
         @app.page("/readyz")
         class Ready(View):
             async def get(self, request: Request) -> Response:
-                if scorer.ready:
+                if scorer.ready and scorer.stage.ready:
                     return self.json({"status": "ready"})
                 return self.json({"status": "recovering"}, status=503)
 
     async def check_progress(self) -> None:
         """Liveness: a partition with records waiting and no progress for too long is a stall.
 
-        Guards against consumers that stop fetching a partition after a rebalance (seen on the
-        local broker; faust-streaming issue #629). The process reports unhealthy and, unless
-        configured otherwise, exits so that its supervisor restarts it; everything it acknowledged
-        is already durable, so a restart loses nothing.
+        The process reports unhealthy and, unless configured otherwise, exits so that its
+        supervisor restarts it; everything it acknowledged is already durable, so a restart loses
+        nothing.
         """
-        if not self.ready or not self.progress:
+        stage, consumer = self.stage, self.stage.consumer
+        if not stage.ready or not stage.progress or consumer is None:
             return
-        tps = [TP(self.settings.topic_events, p) for p in self.progress]
+        tps = [TopicPartition(self.settings.topic_events, p) for p in stage.progress]
         try:
-            ends = await self.app.consumer.highwaters(*tps)
+            ends = await consumer.end_offsets(tps)
+            committed = {tp: await consumer.committed(tp) for tp in tps}
         except Exception:
             return
-        committed = getattr(self.app.consumer, "_committed_offset", {})  # Faust keeps no public view
         now, stalled = time.monotonic(), []
         for tp in tps:
-            done, since = self.progress[tp.partition]
+            if tp.partition not in stage.progress:
+                continue  # revoked meanwhile
+            done, since = stage.progress[tp.partition]
             if done < 0:
                 done = committed.get(tp) or 0
             end = ends.get(tp)
@@ -318,37 +299,6 @@ class Scorer:
         table.data[key] = value
         fut: asyncio.Future[Any] = await table.changelog_topic.send(key=key, value=value, partition=partition)
         return fut
-
-    async def _put_many(self, table: Any, writes: dict[bytes, bytes], partition: int) -> list[asyncio.Future[Any]]:
-        """Write many table entries; their changelog records go out as whole record batches.
-
-        The same records as ``_put`` (one per key, so the changelog stays compactable and Faust
-        recovers it as usual), built with aiokafka's batch builder on a producer of our own:
-        per record this costs a C-level append instead of a Faust send (measured: the per-key
-        send capped the scorer at about 4.5k events/s; bench/scorer_throughput.py).
-        """
-        if not writes:
-            return []
-        producer = await self._changelog_producer()
-        topic = table.changelog_topic.get_topic_name()
-        futures: list[asyncio.Future[Any]] = []
-        data = _raw_mapping(table)
-        batch = producer.create_batch()
-        for key, value in writes.items():
-            data[key] = value
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
-
-    async def _changelog_producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            producer = make_producer(self.settings, linger_ms=0, max_batch_size=1_048_576)
-            await producer.start()
-            self._producer = producer
-        return self._producer
 
     # -- database -------------------------------------------------------------------------
 
@@ -414,13 +364,6 @@ def faust_credentials(s: ScorerSettings) -> Any:
             ssl_context=context,
         )
     return faust.SSLCredentials(context)
-
-
-def _raw_mapping(table: Any) -> Any:
-    """The dict under a memory-store table (the store's own get/set add three Python calls per
-    event on the hot path); any other store through its mapping interface."""
-    store = table.data
-    return store.data if isinstance(store, MemoryStore) else store
 
 
 def _encode_alert(change: AlertEvent) -> bytes:

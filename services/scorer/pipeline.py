@@ -19,7 +19,6 @@ from services.scorer.rates import Counts, add_into
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
 _outcomes_decoder = msgspec.msgpack.Decoder(list[tuple[int, bool, int]])
-_monitors_decoder = msgspec.msgpack.Decoder(dict[str, MonitorState])
 
 Load = Callable[[bytes], bytes | None]
 
@@ -90,12 +89,32 @@ def pair_key(policy_label: str, vendor_id: str) -> bytes:
     return _msgpack.encode((policy_label, vendor_id))
 
 
-def group_outcomes(deltas: Deltas) -> dict[bytes, bytes]:
-    """Detector outcomes grouped by pair: key msgpack((label, vendor)), value [(t_ms, is_error, type)]."""
-    grouped: dict[tuple[str, str], list[tuple[int, bool, int]]] = {}
-    for o in deltas.outcomes:
-        grouped.setdefault((o.policy_label, o.vendor_id), []).append((o.t_ms, o.is_error, o.error_type))
-    return {pair_key(*pair): _msgpack.encode(items) for pair, items in grouped.items()}
+class OutcomeBatch(msgspec.Struct, tag="outcomes"):
+    """Judged verdicts of one pair, in the order the scorer applied them.
+
+    Each item is (source partition, source offset, t_ms, is_error, error-type code). The detectors
+    keep, per pair, the highest source offset they have applied for each events partition and
+    skip items at or below it: a batch replayed after a crash (its decision state already
+    written, its offset not yet committed) then feeds no verdict twice, however the replay chunks
+    the records.
+    """
+
+    items: list[tuple[int, int, int, bool, int]]
+
+
+def group_outcomes(chunks: Iterable[tuple[int, int, Deltas]]) -> dict[bytes, bytes]:
+    """Detector outcomes grouped by pair: key msgpack((label, vendor)), value an OutcomeBatch.
+
+    ``chunks`` are (source partition, source offset, deltas of the record there), in the order
+    they were applied (each partition's in offset order).
+    """
+    grouped: dict[tuple[str, str], list[tuple[int, int, int, bool, int]]] = {}
+    for partition, offset, deltas in chunks:
+        for o in deltas.outcomes:
+            grouped.setdefault((o.policy_label, o.vendor_id), []).append(
+                (partition, offset, o.t_ms, o.is_error, o.error_type)
+            )
+    return {pair_key(*pair): _msgpack.encode(OutcomeBatch(items)) for pair, items in grouped.items()}
 
 
 class Rebaseline(msgspec.Struct, tag="rebaseline"):
@@ -106,7 +125,18 @@ class Rebaseline(msgspec.Struct, tag="rebaseline"):
     t_ms: int = 0
 
 
-_pair_payload_decoder = msgspec.msgpack.Decoder(list[tuple[int, bool, int]] | Rebaseline)
+_pair_payload_decoder = msgspec.msgpack.Decoder(OutcomeBatch | Rebaseline)
+
+
+class PairState(msgspec.Struct, array_like=True):
+    """A pair's detector state: its monitors by rule, and per events partition the highest
+    source offset already applied (see OutcomeBatch)."""
+
+    monitors: dict[str, MonitorState]
+    applied: dict[int, int] = {}
+
+
+_pair_state_decoder = msgspec.msgpack.Decoder(PairState)
 
 
 def encode_rebaseline(request: Rebaseline) -> bytes:
@@ -129,9 +159,10 @@ def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -
     """Run one pair's monitors over a group of outcomes (or a control record)."""
     label, vendor = _pair_key_decoder.decode(pair_key)
     raw = load(pair_key)
-    states = _monitors_decoder.decode(raw) if raw is not None else {}
+    stored = _pair_state_decoder.decode(raw) if raw is not None else PairState({})
     monitors = {
-        rule: PairMonitor(rule, label, vendor, policy, state=states.get(rule, MonitorState())) for rule in RULES
+        rule: PairMonitor(rule, label, vendor, policy, state=stored.monitors.get(rule, MonitorState()))
+        for rule in RULES
     }
     events: list[AlertEvent] = []
     message = _pair_payload_decoder.decode(payload)
@@ -141,14 +172,18 @@ def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -
             if message.rule in (None, rule) and (change := monitor.rebaseline(message.rate, message.t_ms)):
                 events.append(change)
     else:
-        outcomes = message
-        for t_ms, is_error, error_type in message:
+        applied, before = stored.applied, dict(stored.applied)  # a record's items share its offset
+        for partition, offset, t_ms, e, code in message.items:
+            if offset > before.get(partition, -1):
+                applied[partition] = offset
+                outcomes.append((t_ms, e, code))
+        for t_ms, is_error, error_type in outcomes:
             for rule, monitor in monitors.items():
                 if (change := monitor.update(rule_hit(rule, is_error, error_type), t_ms)) is not None:
                     events.append(change)
     snapshots = {rule: m.snapshot() for rule, m in monitors.items()}
     return Detection(
-        state=_msgpack.encode(snapshots),
+        state=_msgpack.encode(PairState(snapshots, stored.applied)),
         changes=events,
         policy_label=label,
         vendor_id=vendor,

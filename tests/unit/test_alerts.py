@@ -117,3 +117,33 @@ def test_fleet_budget_sets_arl_from_the_verdict_rate() -> None:
     for i in range(2_000):  # 2,000 verdicts over 10 days: 200 a day
         m.update(False, i * 432_000)
     assert m.arl0(2_000 * 432_000) == pytest.approx(200 * 100 / 2.0, rel=0.01)
+
+
+def test_replayed_outcomes_feed_the_detectors_once_however_they_are_chunked() -> None:
+    """A crash replay re-sends outcomes already applied, cut at other record boundaries."""
+    from services.scorer.join import Deltas, Outcome
+    from services.scorer.pipeline import detect, group_outcomes, pair_key
+
+    policy = MonitorPolicy(baseline_mode="sla", arl0=100_000)
+    rng = random.Random(3)
+    chunks = []
+    for offset in range(40):
+        d = Deltas()
+        d.outcomes = [Outcome("SCAMS_AND_FRAUD", "V01", offset * 1000 + i, rng.random() < 0.2, 1) for i in range(25)]
+        chunks.append((offset % 2, offset, d))
+    key = pair_key("SCAMS_AND_FRAUD", "V01")
+
+    def run(cuts: list[tuple[int, int]]) -> tuple[bytes, list[str]]:
+        table: dict[bytes, bytes] = {}
+        seen: list[str] = []
+        for a, b in cuts:
+            found = detect(key, group_outcomes(chunks[a:b])[key], table.get, policy)
+            table[key] = found.state
+            seen += [c.alert_id + c.status for c in found.changes]
+        return table[key], seen
+
+    clean = run([(0, 20), (20, 40)])
+    replayed = run([(0, 20), (20, 30), (10, 25), (25, 40), (0, 40)])
+    assert replayed == clean
+    assert clean[1]  # the shift raised an alert
+    assert run([(0, 40)])[0] != run([(0, 20)])[0]  # new offsets are applied

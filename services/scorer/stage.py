@@ -1,0 +1,441 @@
+"""Stage 1 of the scorer: modq.events -> decision state, rate book, detector outcomes.
+
+This stage runs on a plain aiokafka consumer group inside the Faust worker rather than as a
+Faust agent, because it is where both correctness and speed are decided, and both need control
+over the order of writes, commits and recovery that Faust's agent and table machinery hides:
+
+- Per batch of records: apply the events to decision state (pure, ``score_batch``), send the
+  detector outcomes and wait for them, then send the changed state records to the changelog
+  and wait for them, then commit the source offsets. A crash anywhere leaves the changelog at or
+  ahead of the committed offset; replaying from the committed offset is harmless because every
+  state update is idempotent, and an outcome is either durable before the state that says it
+  was fed, or it is fed again (the detectors drop it by source offset: ``OutcomeBatch``).
+- On assignment, the state of each partition is read back from the changelog before any record
+  is processed: from the start for a partition that is new here, from where this worker's own
+  writes ended for one it kept. No in-flight write can be overtaken by recovery, because the
+  rebalance callbacks take the same lock as a batch.
+- The rate book is derived from the decision state (``RateBook.rebuild``), never trusted
+  across a recovery.
+- If the broker refuses a write, the partitions touched are rolled back to what the changelog
+  holds and re-read from their committed offsets; nothing is acknowledged that is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.common.config import ScorerSettings
+from services.common.kafka import make_producer
+from services.common.wire import WireEvent, decode_batch
+from services.scorer.join import Deltas
+from services.scorer.pipeline import RateBook, group_outcomes, score_batch
+
+log = logging.getLogger("modq.scorer.stage")
+
+Pending = tuple[int, int, int, list[WireEvent]]
+"""A fetched record waiting to be applied: (first event time ms, partition, offset, events)."""
+
+MERGE_WAIT_S = 1.0
+MAX_EVENTS_PER_ROUND = 20_000  # applied, then made durable and committed, as one unit
+
+
+def changelog_topic(settings: ScorerSettings) -> str:
+    """The decision-state changelog (compacted; key decision_id, value msgpack state)."""
+    return f"{settings.scorer_app_id}-decisions-changelog"
+
+
+class DecisionStage:
+    """Owns the events-topic consumer group, the decision state of its partitions, and the book."""
+
+    def __init__(
+        self,
+        settings: ScorerSettings,
+        book: RateBook,
+        metrics: Any,
+        on_batch: Callable[[int, int, int, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.book = book
+        self.metrics = metrics
+        self.on_batch = on_batch
+        self.topic = settings.topic_events
+        self.changelog = changelog_topic(settings)
+        self.group_id = f"{settings.scorer_app_id}-events"
+        self.states: dict[int, dict[bytes, bytes]] = {}
+        self.changelog_end: dict[int, int] = {}  # partition -> changelog offset the state reflects
+        self.owned: set[int] = set()
+        # events partition -> (next offset to process, monotonic time it last advanced)
+        self.progress: dict[int, tuple[int, float]] = {}
+        self.ready = False
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._buffers: dict[int, deque[Pending]] = {}
+        self._fetched_to: dict[int, int] = {}
+        self._blocked_since: float | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        self.producer = make_producer(s, linger_ms=0, max_batch_size=1_048_576)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(s.faust_session_timeout_s * 1000),
+            rebalance_timeout_ms=int(s.faust_rebalance_timeout_s * 1000),
+            heartbeat_interval_ms=3000,
+            # Small per-partition fetches keep the partitions of a backlog in step, so the
+            # detectors see verdicts close to event-time order after a catch-up.
+            max_partition_fetch_bytes=s.scorer_partition_fetch_bytes,
+            fetch_max_bytes=16_777_216,
+            **s.kafka_client_options(),
+        )
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name="modq-decision-stage")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, commit it, leave the group."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=30)
+            if not self._task.done():
+                self._task.cancel()
+        async with self._lock:
+            await self._commit()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                fetched = await consumer.getmany(timeout_ms=100 if self._buffers_hold_data() else 500, max_records=500)
+            except KafkaError:
+                log.exception("fetch failed; retrying", extra={"retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            # Buffered even while the assignment callback is still recovering state: the fetcher
+            # starts as soon as partitions are assigned. Applying waits for the lock.
+            for tp, messages in fetched.items():
+                if messages:
+                    self._buffer(tp.partition, messages)
+            generation = self._generation
+            ready = self._take_in_order()
+            if not ready:
+                continue
+            async with self._lock:
+                if generation != self._generation:
+                    continue  # a rebalance came in between: consumption restarts from the commits
+                try:
+                    await self._process(ready)
+                    delay = 0.2
+                except KafkaError:
+                    touched = {p for _, p, _, _ in ready}
+                    log.exception("writing a batch failed; rolling back", extra={"partitions": sorted(touched)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    await self._roll_back(touched)
+                    continue
+                await self._commit()
+
+    def _buffer(self, p: int, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
+        buf = self._buffers.setdefault(p, deque())
+        for message in messages:
+            try:
+                batch = decode_batch(message.value or b"")
+            except Exception:  # written by ingest, so never expected; skipping beats a crash loop
+                log.error("undecodable batch skipped", extra={"partition": p, "offset": message.offset})
+                batch = []
+            buf.append((batch[0].t_ms if batch else 0, p, message.offset, batch))
+        self._fetched_to[p] = messages[-1].offset + 1
+
+    def _buffers_hold_data(self) -> bool:
+        return any(self._buffers.values())
+
+    def _take_in_order(self, max_events: int = MAX_EVENTS_PER_ROUND) -> list[Pending]:
+        """Records to apply next, merged across partitions by the event time of their batches.
+
+        A backlog then reaches the detectors close to event-time order rather than one partition
+        after another. While a partition that has records waiting on the broker has none fetched
+        yet, the merge waits for it (up to ``MERGE_WAIT_S``, so a slow partition cannot stop the
+        others).
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        waiting = []
+        for p in self.owned:
+            if self._buffers.get(p):
+                continue
+            highwater = consumer.highwater(TopicPartition(self.topic, p))
+            fetched_to = self._fetched_to.get(p)
+            if highwater is not None and fetched_to is not None and fetched_to < highwater:
+                waiting.append(p)
+        now = time.monotonic()
+        if waiting:
+            if self._blocked_since is None:
+                self._blocked_since = now
+            if now - self._blocked_since < MERGE_WAIT_S:
+                return []
+        else:
+            self._blocked_since = None
+        ready: list[Pending] = []
+        heads = [(buf[0][0], p) for p, buf in self._buffers.items() if buf and p in self.owned]
+        heapq.heapify(heads)
+        events = 0
+        while heads and events < max_events:
+            _, p = heapq.heappop(heads)
+            buf = self._buffers[p]
+            ready.append(buf.popleft())
+            events += len(ready[-1][3])
+            if buf:
+                heapq.heappush(heads, (buf[0][0], p))
+            elif p not in waiting and self._lagging(p):
+                break  # its next records are still on the broker
+        return ready
+
+    def _lagging(self, p: int) -> bool:
+        assert self.consumer is not None
+        highwater = self.consumer.highwater(TopicPartition(self.topic, p))
+        fetched_to = self._fetched_to.get(p)
+        return highwater is not None and fetched_to is not None and fetched_to < highwater
+
+    async def _process(self, ready: list[Pending]) -> None:
+        """Apply records in the given order; then send outcomes, state and offsets, in that order."""
+        producer = self._producer()
+        chunks: list[tuple[int, int, Deltas]] = []
+        written: dict[int, dict[bytes, bytes]] = {}
+        newest_ms = events = 0
+        for _, p, offset, batch in ready:
+            states = self.states.setdefault(p, {})
+            writes, deltas = score_batch(batch, states.get)
+            states.update(writes)
+            written.setdefault(p, {}).update(writes)
+            self.book.apply(p, deltas)
+            chunks.append((p, offset, deltas))
+            tp = TopicPartition(self.topic, p)
+            self._uncommitted[tp] = max(offset + 1, self._uncommitted.get(tp, 0))
+            self.progress[p] = (offset + 1, time.monotonic())
+            events += len(batch)
+            if batch:
+                newest_ms = max(newest_ms, max(ev.t_ms for ev in batch))
+        sends = [
+            await producer.send(self.settings.topic_outcomes, payload, key=key)
+            for key, payload in group_outcomes(chunks).items()
+        ]
+        if self.on_batch is not None:
+            self.on_batch(len(ready), events, sum(len(d.outcomes) for *_, d in chunks), newest_ms)
+        # Outcomes are durable before the state that marks them fed, and that state before the commit.
+        await asyncio.gather(*sends)
+        changelog_sends: list[tuple[int, int, asyncio.Future[Any]]] = []
+        for p, writes in written.items():
+            changelog_sends.extend(await self._send_changelog(p, writes))
+        for p, count, fut in changelog_sends:
+            meta = await fut
+            self.changelog_end[p] = max(self.changelog_end.get(p, 0), meta.offset + count)
+
+    async def _send_changelog(self, p: int, writes: dict[bytes, bytes]) -> list[tuple[int, int, asyncio.Future[Any]]]:
+        """State records as whole record batches (a C-level append per record, not a send)."""
+        producer = self._producer()
+        sends: list[tuple[int, int, asyncio.Future[Any]]] = []
+        batch, count = producer.create_batch(), 0
+        for key, value in writes.items():
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sends.append((p, count, await producer.send_batch(batch, self.changelog, partition=p)))
+                batch, count = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=None)
+            count += 1
+        if count:
+            sends.append((p, count, await producer.send_batch(batch, self.changelog, partition=p)))
+        return sends
+
+    # -- offsets ----------------------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        """Commit processed offsets (under the lock). A failed commit only means a harmless replay."""
+        if not self._uncommitted or self.consumer is None:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("offset commit failed; the records will be replayed", extra={"error": repr(exc)})
+            for tp, offset in offsets.items():
+                if tp.partition in self.owned:
+                    self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
+
+    # -- rebalancing and recovery -----------------------------------------------------------
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            await self._commit()
+            # Fetched but unapplied records are dropped: after the rebalance consumption restarts
+            # from the committed offsets.
+            self._generation += 1
+            self._buffers.clear()
+            self._fetched_to.clear()
+            lost = {tp.partition for tp in revoked if tp.topic == self.topic}
+            self.owned -= lost
+            self.ready = False
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        parts = {tp.partition for tp in assigned if tp.topic == self.topic}
+        async with self._lock:
+            for p in set(self.states) - parts:  # another worker owns it now; re-read if it returns
+                del self.states[p]
+                self.changelog_end.pop(p, None)
+            started = time.monotonic()
+            records = await self._recover_or_exit(parts)
+            self.owned = parts
+            self._rebuild_book()
+            now = time.monotonic()
+            self.progress = {p: (-1, now) for p in parts}
+            self.ready = True
+            log.info(
+                "decision state recovered",
+                extra={
+                    "partitions": sorted(parts),
+                    "records_read": records,
+                    "decisions": sum(len(self.states.get(p, {})) for p in parts),
+                    "seconds": round(now - started, 3),
+                },
+            )
+
+    async def _recover_or_exit(self, parts: set[int]) -> int:
+        """Recover, retrying; a worker that cannot recover its state must not go on without it."""
+        for attempt in range(5):
+            try:
+                return await self._recover(parts)
+            except Exception:
+                log.exception("decision state recovery failed", extra={"attempt": attempt + 1})
+                await asyncio.sleep(2.0 * (attempt + 1))
+        log.critical("giving up on recovering decision state; exiting for the supervisor to restart")
+        os._exit(70)
+
+    async def _recover(self, parts: set[int]) -> int:
+        """Bring the state of ``parts`` up to the end of their changelog partitions."""
+        if not parts:
+            return 0
+        s = self.settings
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=4_194_304,
+            fetch_max_bytes=16_777_216,
+            **s.kafka_client_options(),
+        )
+        await reader.start()
+        read = 0
+        try:
+            await reader.topics()  # metadata, to check the changelog matches the events topic
+            available = reader.partitions_for_topic(self.changelog) or set()
+            if not parts <= available:
+                raise RuntimeError(
+                    f"{self.changelog} has partitions {sorted(available)}, {self.topic} needs {sorted(parts)}:"
+                    " the changelog must have as many partitions as the events topic"
+                )
+            tps = [TopicPartition(self.changelog, p) for p in sorted(parts)]
+            reader.assign(tps)
+            # Read until a fetch comes back empty at or past the end offset. The end offset alone
+            # is not enough: Tansu 0.6 reports it as the base offset of the last record batch
+            # plus one, short of the real end when that batch holds many records.
+            ends: dict[TopicPartition, int] = await reader.end_offsets(tps)
+            todo: dict[TopicPartition, int] = {}
+            for tp in tps:
+                p = tp.partition
+                start = self.changelog_end.get(p, 0) if p in self.states else 0
+                if start == 0:
+                    self.states[p] = {}
+                reader.seek(tp, start)
+                todo[tp] = ends[tp]
+            while todo:
+                batches = await reader.getmany(*todo, timeout_ms=300, max_records=50_000)
+                for tp, messages in batches.items():
+                    states = self.states[tp.partition]
+                    for m in messages:
+                        if m.key is None:
+                            continue
+                        if m.value is None:
+                            states.pop(m.key, None)
+                        else:
+                            states[m.key] = m.value
+                    read += len(messages)
+                for tp in list(todo):
+                    position = await reader.position(tp)
+                    self.changelog_end[tp.partition] = position
+                    if not batches.get(tp) and position >= todo[tp]:
+                        del todo[tp]
+        finally:
+            await reader.stop()
+        return read
+
+    def _rebuild_book(self) -> None:
+        self.book.rebuild((p, raw) for p in self.owned for raw in self.states.get(p, {}).values())
+
+    async def _roll_back(self, parts: set[int]) -> None:
+        """After a failed write: state from the changelog, consumption from the committed offsets."""
+        consumer = self.consumer
+        assert consumer is not None
+        parts &= self.owned
+        for p in parts:
+            self.states.pop(p, None)
+            self.changelog_end.pop(p, None)
+            self._buffers.pop(p, None)
+            self._fetched_to.pop(p, None)
+            self._uncommitted.pop(TopicPartition(self.topic, p), None)
+        while True:
+            try:
+                await self._recover(parts)
+                for p in parts:
+                    tp = TopicPartition(self.topic, p)
+                    committed = await consumer.committed(tp)
+                    if committed is None:
+                        await consumer.seek_to_beginning(tp)
+                    else:
+                        consumer.seek(tp, committed)
+                break
+            except KafkaError:
+                log.exception("roll back failed; retrying")
+                await asyncio.sleep(1.0)
+        self._rebuild_book()
+
+    def _producer(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            raise RuntimeError("stage not started")
+        return self.producer
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, stage: DecisionStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.stage.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.stage.on_assigned(assigned)
