@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -48,3 +48,15 @@ def make_producer(settings: CommonSettings, **overrides: object) -> AIOKafkaProd
     }
     opts.update(overrides)
     return AIOKafkaProducer(**opts)
+
+
+def make_consumer(settings: CommonSettings, *topics: str, **overrides: object) -> AIOKafkaConsumer:
+    """A consumer that commits only when told to and starts a new group at the earliest offset."""
+    opts: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        **settings.kafka_client_options(),
+    }
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topics, **opts)

@@ -18,7 +18,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import IngestSettings
-from services.common.kafka import ensure_topics, make_producer
+from services.common.kafka import ensure_topics, make_consumer, make_producer
 from services.common.wire import WireEvent, encode_batch, encode_event, partition_for, to_ms
 from services.ingest.dedup import RecentIds
 from services.ingest.validate import Rejected, Watermarks, validate_record
@@ -147,14 +147,8 @@ class IngestService:
         )
         self.producer = make_producer(s)
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            *s.input_topics,
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            group_id=s.ingest_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4_194_304,
-            **s.kafka_client_options(),
+        self.consumer = make_consumer(
+            s, *s.input_topics, group_id=s.ingest_group_id, max_partition_fetch_bytes=4_194_304
         )
         await self.consumer.start()
         self.ready = True

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import httpx
 import msgspec
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
@@ -33,7 +33,7 @@ from services.common.actions import decode_action
 from services.common.config import NotifierSettings
 from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
 from services.common.history import apply_action
-from services.common.kafka import ensure_topics
+from services.common.kafka import ensure_topics, make_consumer
 from services.common.migrate import ensure_schema
 from services.notifier.messages import Notice, notice_of_action, notice_of_alert
 from services.notifier.receivers import (
@@ -199,15 +199,7 @@ class Notifier:
 
     async def _lane(self, name: str) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            s.topic_alerts,
-            s.topic_alert_actions,
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            group_id=f"{s.notifier_group_id}-{name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **s.kafka_client_options(),
-        )
+        consumer = make_consumer(s, s.topic_alerts, s.topic_alert_actions, group_id=f"{s.notifier_group_id}-{name}")
         handler = self._record_history if name == "history" else self._deliver_to(name)
         attempt = 0
         while True:

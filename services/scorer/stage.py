@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.common.config import ScorerSettings
-from services.common.kafka import make_producer
+from services.common.kafka import make_consumer, make_producer
 from services.common.wire import WireEvent, decode_batch
 from services.scorer.join import Deltas
 from services.scorer.pipeline import RateBook, group_outcomes, score_batch
@@ -94,11 +94,9 @@ class DecisionStage:
         s = self.settings
         self.producer = make_producer(s, linger_ms=0, max_batch_size=1_048_576)
         await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+        self.consumer = make_consumer(
+            s,
             group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             session_timeout_ms=int(s.faust_session_timeout_s * 1000),
             rebalance_timeout_ms=int(s.faust_rebalance_timeout_s * 1000),
             heartbeat_interval_ms=3000,
@@ -106,7 +104,6 @@ class DecisionStage:
             # detectors see verdicts close to event-time order after a catch-up.
             max_partition_fetch_bytes=s.scorer_partition_fetch_bytes,
             fetch_max_bytes=16_777_216,
-            **s.kafka_client_options(),
         )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
         await self.consumer.start()
@@ -342,13 +339,7 @@ class DecisionStage:
         if not parts:
             return 0
         s = self.settings
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=4_194_304,
-            fetch_max_bytes=16_777_216,
-            **s.kafka_client_options(),
-        )
+        reader = make_consumer(s, max_partition_fetch_bytes=4_194_304, fetch_max_bytes=16_777_216)
         await reader.start()
         read = 0
         try:
