@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.config import CommonSettings
 
@@ -60,3 +61,30 @@ def make_consumer(settings: CommonSettings, *topics: str, **overrides: object) -
     }
     opts.update(overrides)
     return AIOKafkaConsumer(*topics, **opts)
+
+
+class BrokerWatch:
+    """Asks the cluster for metadata every few seconds, so an outage shows as not ready even
+    when a service is idle (a consumer just sees no records; a producer only fails on a send)."""
+
+    def __init__(self, producer: AIOKafkaProducer, service: str, interval_s: float = 3.0) -> None:
+        self.producer, self.service, self.interval_s = producer, service, interval_s
+        self.ok = True
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self.producer.client.fetch_all_metadata(), self.interval_s)
+                if not self.ok:
+                    log.warning("broker reachable again", extra={"service": self.service})
+                self.ok = True
+            except (KafkaError, TimeoutError, OSError) as exc:
+                if self.ok:
+                    log.warning("broker unreachable", extra={"service": self.service, "error": str(exc)})
+                self.ok = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -18,7 +18,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import IngestSettings
-from services.common.kafka import ensure_topics, make_consumer, make_producer
+from services.common.kafka import BrokerWatch, ensure_topics, make_consumer, make_producer
 from services.common.wire import WireEvent, encode_batch, encode_event, partition_for, to_ms
 from services.ingest.dedup import RecentIds
 from services.ingest.validate import Rejected, Watermarks, validate_record
@@ -129,7 +129,7 @@ class IngestService:
         self.ready = False
         self._stopping = asyncio.Event()
         self._running, self._stopped = asyncio.Event(), asyncio.Event()
-        self.broker_ok = True
+        self.broker: BrokerWatch | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -152,34 +152,21 @@ class IngestService:
         )
         await self.consumer.start()
         self.ready = True
-        self._watcher = asyncio.create_task(self._watch_broker(), name="ingest-broker-watch")
+        self.broker = BrokerWatch(self.producer, "ingest")
+        self._watcher = asyncio.create_task(self.broker.run(), name="ingest-broker-watch")
         log.info("ingest consuming", extra={"topics": list(s.input_topics)})
 
     @property
     def serving(self) -> bool:
         """Ready for traffic: started, last produce fine, and the broker answering metadata requests."""
-        return self.ready and self.broker_ok
-
-    async def _watch_broker(self, interval_s: float = 3.0) -> None:
-        """Ask the cluster for metadata every few seconds, so an outage shows as not ready even when idle."""
-        assert self.producer is not None
-        while not self._stopping.is_set():
-            try:
-                await asyncio.wait_for(self.producer.client.fetch_all_metadata(), interval_s)
-                if not self.broker_ok:
-                    log.warning("broker reachable again")
-                self.broker_ok = True
-            except (KafkaError, TimeoutError, OSError) as exc:
-                if self.broker_ok:
-                    log.warning("broker unreachable", extra={"error": str(exc)})
-                self.broker_ok = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval_s)
+        return self.ready and (self.broker is None or self.broker.ok)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful: the poll in flight is produced and committed before the clients close."""
         self._stopping.set()
         self.ready = False
+        if self.broker is not None:
+            self.broker.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -250,7 +250,7 @@ class Scorer:
         @app.page("/readyz")
         class Ready(View):
             async def get(self, request: Request) -> Response:
-                if scorer.ready and scorer.stage.ready:
+                if scorer.ready and scorer.stage.serving:
                     return self.json({"status": "ready"})
                 return self.json({"status": "recovering"}, status=503)
 

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from services.common.config import ScorerSettings
-from services.common.kafka import make_consumer, make_producer
+from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.wire import WireEvent, decode_batch
 from services.scorer.join import Deltas
 from services.scorer.pipeline import RateBook, group_outcomes, score_batch
@@ -86,7 +86,8 @@ class DecisionStage:
         self._generation = 0
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.broker: BrokerWatch | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -107,21 +108,32 @@ class DecisionStage:
         )
         self.consumer.subscribe([self.topic], listener=_Listener(self))
         await self.consumer.start()
-        self._task = asyncio.create_task(self._run(), name="modq-decision-stage")
+        self.broker = BrokerWatch(self.producer, "scorer")
+        self._tasks = [
+            asyncio.create_task(self._run(), name="modq-decision-stage"),
+            asyncio.create_task(self.broker.run(), name="modq-scorer-broker-watch"),
+        ]
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit it, leave the group."""
         self._stopping.set()
-        if self._task is not None:
-            await asyncio.wait({self._task}, timeout=30)
-            if not self._task.done():
-                self._task.cancel()
+        if self.broker is not None:
+            self.broker.stop()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+            for task in self._tasks:
+                task.cancel()
         async with self._lock:
             await self._commit()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
+
+    @property
+    def serving(self) -> bool:
+        """State recovered for the current assignment and the broker answering."""
+        return self.ready and (self.broker is None or self.broker.ok)
 
     # -- the loop ---------------------------------------------------------------------------
 

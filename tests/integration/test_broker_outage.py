@@ -124,3 +124,53 @@ async def test_broker_unreachable_for_30_seconds(
         broker.terminate()
         broker.wait(10)
     assert ingest.proc is not None and ingest.proc.poll() is None, ingest.output()[-3000:]
+
+
+async def test_scorer_rides_out_a_broker_outage(
+    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service], tmp_path: Path
+) -> None:
+    """The scorer with the broker away for 30 s between two halves of a stream: not ready while
+    it is away, the same process carries on afterwards, and every count is exact."""
+    from tests.integration.test_exactly_once import exact, put_on_events_topic, scorer_events
+    from tests.streams import Stream, make_stream
+
+    broker_port, proxy_port = free_port(), free_port()
+    proxy = Proxy(proxy_port, broker_port)
+    await proxy.start()
+    broker = start_broker(broker_port, tmp_path / "broker.log", advertised_port=proxy_port)
+    env = {**service_env, "MODQ_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{proxy_port}", "MODQ_DATABASE_URL": database_url}
+    stream = make_stream(30_000)
+    half = len(stream.events) // 2
+    scorer = spawn(["scorer"], env, "scorer")
+    web = f"http://127.0.0.1:{env['MODQ_SCORER_WEB_PORT']}"
+    try:
+        async with httpx.AsyncClient(base_url=web, timeout=5) as client:
+
+            async def ready() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await client.get("/readyz")).status_code == 200
+                return False
+
+            await put_on_events_topic(env, Stream(stream.events[:half]))
+            await eventually(ready, 90)
+
+            async def first_half_done() -> bool:
+                return await scorer_events(env["MODQ_SCORER_WEB_PORT"]) >= half
+
+            await eventually(first_half_done, 90)
+            await proxy.cut()
+            cut_at = time.monotonic()
+            saw_not_ready = False
+            while time.monotonic() - cut_at < 30:
+                saw_not_ready |= not await ready()
+                await asyncio.sleep(1)
+            await proxy.start()
+            assert saw_not_ready, "the scorer never reported not ready while the broker was away"
+            await put_on_events_topic(env, Stream(stream.events[half:]))
+            await eventually(ready, 90)  # the same process: no restart
+            await eventually(lambda: exact(database_url, stream.truth), 120, interval=1.0)
+    finally:
+        await proxy.cut()
+        broker.terminate()
+        broker.wait(10)
+    assert scorer.proc is not None and scorer.proc.poll() is None, scorer.output()[-3000:]
