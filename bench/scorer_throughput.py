@@ -303,7 +303,7 @@ async def main_async(args: argparse.Namespace) -> str:
         "|---|---|---|",
         f"| raw aiokafka consumer + orjson, upstream JSON topic | {raw_json:,.0f} | {scorer / raw_json:.0%} |",
         f"| raw aiokafka consumer + msgspec, scorer's batch topic | {raw_batches:,.0f} | {scorer / raw_batches:.0%} |",
-        f"| modq scorer (Faust, one process, {args.partitions} partitions) | {scorer:,.0f} | |",
+        f"| modq scorer (one process, {args.partitions} partitions) | {scorer:,.0f} | |",
         f"| the scorer's pure core alone, no I/O | {core:,.0f} | |",
     ]
     return "\n".join(table) + (

@@ -47,6 +47,7 @@ Pending = tuple[int, int, int, list[WireEvent]]
 
 MERGE_WAIT_S = 1.0
 MAX_EVENTS_PER_ROUND = 20_000  # applied, then made durable and committed, as one unit
+MAX_ROUNDS_IN_FLIGHT = 2  # a round is applied while the one before it becomes durable
 
 
 def changelog_topic(settings: ScorerSettings) -> str:
@@ -84,6 +85,8 @@ class DecisionStage:
         self._fetched_to: dict[int, int] = {}
         self._blocked_since: float | None = None
         self._generation = 0
+        # Rounds applied in memory and still becoming durable, oldest first, with their partitions.
+        self._rounds: deque[tuple[asyncio.Task[None], set[int]]] = deque()
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,6 +127,7 @@ class DecisionStage:
             for task in self._tasks:
                 task.cancel()
         async with self._lock:
+            await self._settle()
             await self._commit()
         if self.consumer is not None:
             await self.consumer.stop()
@@ -161,17 +165,34 @@ class DecisionStage:
             async with self._lock:
                 if generation != self._generation:
                     continue  # a rebalance came in between: consumption restarts from the commits
-                try:
-                    await self._process(ready)
+                if await self._settle(keep=MAX_ROUNDS_IN_FLIGHT - 1):
                     delay = 0.2
-                except KafkaError:
-                    touched = {p for _, p, _, _ in ready}
-                    log.exception("writing a batch failed; rolling back", extra={"partitions": sorted(touched)})
+                else:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
-                    await self._roll_back(touched)
-                    continue
-                await self._commit()
+                    continue  # rolled back: the records are fetched again
+                self._apply(ready)
+
+    async def _settle(self, keep: int = 0) -> bool:
+        """Wait until at most ``keep`` rounds are still becoming durable (under the lock).
+
+        False if a round failed: then every partition with rounds not known durable is rolled
+        back to its changelog and its committed offset.
+        """
+        while len(self._rounds) > keep:
+            try:
+                await self._rounds[0][0]
+            except Exception:
+                touched = set().union(*(p for _, p in self._rounds))
+                for later, _ in self._rounds:
+                    later.cancel()
+                await asyncio.gather(*(t for t, _ in self._rounds), return_exceptions=True)
+                self._rounds.clear()
+                log.exception("writing a round failed; rolling back", extra={"partitions": sorted(touched)})
+                await self._roll_back(touched)
+                return False
+            self._rounds.popleft()
+        return True
 
     def _buffer(self, p: int, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         buf = self._buffers.setdefault(p, deque())
@@ -234,11 +255,12 @@ class DecisionStage:
         fetched_to = self._fetched_to.get(p)
         return highwater is not None and fetched_to is not None and fetched_to < highwater
 
-    async def _process(self, ready: list[Pending]) -> None:
-        """Apply records in the given order; then send outcomes, state and offsets, in that order."""
-        producer = self._producer()
+    def _apply(self, ready: list[Pending]) -> None:
+        """Apply records in the given order (under the lock) and send their detector outcomes; a
+        task then makes the round durable, while the next round is applied."""
         chunks: list[tuple[int, int, Deltas]] = []
         written: dict[int, dict[bytes, bytes]] = {}
+        offsets: dict[TopicPartition, int] = {}
         newest_ms = events = 0
         for _, p, offset, batch in ready:
             states = self.states.setdefault(p, {})
@@ -247,26 +269,49 @@ class DecisionStage:
             written.setdefault(p, {}).update(writes)
             self.book.apply(p, deltas)
             chunks.append((p, offset, deltas))
-            tp = TopicPartition(self.topic, p)
-            self._uncommitted[tp] = max(offset + 1, self._uncommitted.get(tp, 0))
+            offsets[TopicPartition(self.topic, p)] = offset + 1
             self.progress[p] = (offset + 1, time.monotonic())
             events += len(batch)
             if batch:
                 newest_ms = max(newest_ms, max(ev.t_ms for ev in batch))
-        sends = [
-            await producer.send(self.settings.topic_outcomes, payload, key=key)
-            for key, payload in group_outcomes(chunks).items()
-        ]
+        outcomes = group_outcomes(chunks)
         if self.on_batch is not None:
             self.on_batch(len(ready), events, sum(len(d.outcomes) for *_, d in chunks), newest_ms)
-        # Outcomes are durable before the state that marks them fed, and that state before the commit.
-        await asyncio.gather(*sends)
+        previous = self._rounds[-1][0] if self._rounds else None
+        task = asyncio.create_task(self._make_durable(previous, outcomes, written, offsets))
+        self._rounds.append((task, set(written)))
+
+    async def _make_durable(
+        self,
+        previous: asyncio.Task[None] | None,
+        outcomes: dict[bytes, bytes],
+        written: dict[int, dict[bytes, bytes]],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
+        """Outcomes durable, then the state that marks them fed, then the offsets: rounds in order."""
+        if previous is not None:
+            await previous  # changelog records of a key must reach the log in the order written
+        producer = self._producer()
+        topic = self.settings.topic_outcomes
+        # Sent here, after the round before: a pair's outcomes must stay in source-offset order.
+        await asyncio.gather(*[await producer.send(topic, payload, key=key) for key, payload in outcomes.items()])
         changelog_sends: list[tuple[int, int, asyncio.Future[Any]]] = []
         for p, writes in written.items():
             changelog_sends.extend(await self._send_changelog(p, writes))
         for p, count, fut in changelog_sends:
             meta = await fut
             self.changelog_end[p] = max(self.changelog_end.get(p, 0), meta.offset + count)
+        for tp, offset in offsets.items():
+            self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
+        if self.consumer is not None and self._uncommitted:
+            done, self._uncommitted = self._uncommitted, {}
+            try:
+                await self.consumer.commit(done)
+            except KafkaError as exc:  # a failed commit only means a harmless replay
+                log.warning("offset commit failed; the records will be replayed", extra={"error": repr(exc)})
+                for tp, offset in done.items():
+                    if tp.partition in self.owned:
+                        self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
 
     async def _send_changelog(self, p: int, writes: dict[bytes, bytes]) -> list[tuple[int, int, asyncio.Future[Any]]]:
         """State records as whole record batches (a C-level append per record, not a send)."""
@@ -302,6 +347,7 @@ class DecisionStage:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:
+            await self._settle()  # no write of ours may land after the new owner has recovered
             await self._commit()
             # Fetched but unapplied records are dropped: after the rebalance consumption restarts
             # from the committed offsets.
