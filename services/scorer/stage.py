@@ -16,8 +16,9 @@ over the order of writes, commits and recovery that Faust's agent and table mach
   rebalance callbacks take the same lock as a batch.
 - The rate book is derived from the decision state (``RateBook.rebuild``), never trusted
   across a recovery.
-- If the broker refuses a write, the partitions touched are rolled back to what the changelog
-  holds and re-read from their committed offsets; nothing is acknowledged that is not durable.
+- If the broker refuses a write, the owned partitions are rolled back to what the changelog
+  holds and consumed again from their committed offsets; nothing is acknowledged that is not
+  durable.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class DecisionStage:
             for task in self._tasks:
                 task.cancel()
         async with self._lock:
-            await self._settle()
+            await self._settle(rebalancing=True)
             await self._commit()
         if self.consumer is not None:
             await self.consumer.stop()
@@ -173,11 +174,13 @@ class DecisionStage:
                     continue  # rolled back: the records are fetched again
                 self._apply(ready)
 
-    async def _settle(self, keep: int = 0) -> bool:
+    async def _settle(self, keep: int = 0, rebalancing: bool = False) -> bool:
         """Wait until at most ``keep`` rounds are still becoming durable (under the lock).
 
-        False if a round failed: then every partition with rounds not known durable is rolled
-        back to its changelog and its committed offset.
+        False if a round failed: then the state of every partition with rounds not known durable
+        is dropped. While consuming, every owned partition is also re-read from its changelog and
+        consumed again from its committed offset (records already taken from the buffers are
+        dropped with them); during a rebalance, dropping is enough, as assignment re-reads.
         """
         while len(self._rounds) > keep:
             try:
@@ -189,7 +192,12 @@ class DecisionStage:
                 await asyncio.gather(*(t for t, _ in self._rounds), return_exceptions=True)
                 self._rounds.clear()
                 log.exception("writing a round failed; rolling back", extra={"partitions": sorted(touched)})
-                await self._roll_back(touched)
+                if rebalancing:
+                    for p in touched:
+                        self.states.pop(p, None)
+                        self.changelog_end.pop(p, None)
+                else:
+                    await self._roll_back(touched | self.owned)
                 return False
             self._rounds.popleft()
         return True
@@ -347,7 +355,7 @@ class DecisionStage:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:
-            await self._settle()  # no write of ours may land after the new owner has recovered
+            await self._settle(rebalancing=True)  # no write of ours may land after the new owner recovered
             await self._commit()
             # Fetched but unapplied records are dropped: after the rebalance consumption restarts
             # from the committed offsets.
