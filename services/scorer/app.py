@@ -267,7 +267,9 @@ class Scorer:
         tps = [TopicPartition(self.settings.topic_events, p) for p in stage.progress]
         try:
             ends = await consumer.end_offsets(tps)
-            committed = {tp: await consumer.committed(tp) for tp in tps}
+            # Partitions not processed since the assignment: their committed offset is the progress.
+            unstarted = [tp for tp in tps if stage.progress.get(tp.partition, (0, 0.0))[0] < 0]
+            committed = {tp: await consumer.committed(tp) for tp in unstarted}
         except Exception:
             return
         now, stalled = time.monotonic(), []

@@ -224,16 +224,7 @@ class DecisionStage:
         yet, the merge waits for it (up to ``MERGE_WAIT_S``, so a slow partition cannot stop the
         others).
         """
-        consumer = self.consumer
-        assert consumer is not None
-        waiting = []
-        for p in self.owned:
-            if self._buffers.get(p):
-                continue
-            highwater = consumer.highwater(TopicPartition(self.topic, p))
-            fetched_to = self._fetched_to.get(p)
-            if highwater is not None and fetched_to is not None and fetched_to < highwater:
-                waiting.append(p)
+        waiting = [p for p in self.owned if not self._buffers.get(p) and self._lagging(p)]
         now = time.monotonic()
         if waiting:
             if self._blocked_since is None:
@@ -311,15 +302,7 @@ class DecisionStage:
             self.changelog_end[p] = max(self.changelog_end.get(p, 0), meta.offset + count)
         for tp, offset in offsets.items():
             self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
-        if self.consumer is not None and self._uncommitted:
-            done, self._uncommitted = self._uncommitted, {}
-            try:
-                await self.consumer.commit(done)
-            except KafkaError as exc:  # a failed commit only means a harmless replay
-                log.warning("offset commit failed; the records will be replayed", extra={"error": repr(exc)})
-                for tp, offset in done.items():
-                    if tp.partition in self.owned:
-                        self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
+        await self._commit()
 
     async def _send_changelog(self, p: int, writes: dict[bytes, bytes]) -> list[tuple[int, int, asyncio.Future[Any]]]:
         """State records as whole record batches (a C-level append per record, not a send)."""
@@ -339,7 +322,7 @@ class DecisionStage:
     # -- offsets ----------------------------------------------------------------------------
 
     async def _commit(self) -> None:
-        """Commit processed offsets (under the lock). A failed commit only means a harmless replay."""
+        """Commit the offsets of durable rounds. A failed commit only means a harmless replay."""
         if not self._uncommitted or self.consumer is None:
             return
         offsets, self._uncommitted = self._uncommitted, {}
