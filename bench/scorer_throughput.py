@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import os
 import random
 import subprocess
@@ -61,7 +62,7 @@ def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[Wi
     rnd = random.Random(seed)
     docs: list[dict[str, object]] = []
     wires: list[WireEvent] = []
-    pending: list[tuple[int, dict[str, object], WireEvent]] = []  # verdicts released later
+    pending: list[tuple[int, int, dict[str, object], WireEvent]] = []  # a heap: verdicts released later
     i = 0
     while len(docs) < n:
         t = T0 + i * 5
@@ -95,12 +96,14 @@ def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[Wi
                 "verdict": "INCORRECT" if error else "CORRECT",
                 "error_type": "OVER_ENFORCEMENT" if error else "NONE",
             }
-            pending.append(
+            heapq.heappush(
+                pending,
                 (
                     len(docs) + rnd.randrange(0, 36_000),
+                    i * 2,
                     v,
                     WireVerdict(f"v-{did}", did, t + 1000, f"r-{did}", int(error), int(error), "", 1.0),
-                )
+                ),
             )
         if i % 100 == 7:
             a = {
@@ -111,18 +114,22 @@ def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[Wi
                 "decision_id": did,
                 "outcome": "OVERTURNED",
             }
-            pending.append(
-                (len(docs) + rnd.randrange(0, 36_000), a, WireAppeal(f"a-{did}", did, t + 2000, f"p-{did}", 1))
+            heapq.heappush(
+                pending,
+                (
+                    len(docs) + rnd.randrange(0, 36_000),
+                    i * 2 + 1,
+                    a,
+                    WireAppeal(f"a-{did}", did, t + 2000, f"p-{did}", 1),
+                ),
             )
         if rnd.random() < 0.02:  # a redelivered decision
             docs.append(doc)
             wires.append(wire)
-        due = [p for p in pending if p[0] <= len(docs)]
-        if due:
-            pending = [p for p in pending if p[0] > len(docs)]
-            for _, d, w in due:
-                docs.append(d)
-                wires.append(w)
+        while pending and pending[0][0] <= len(docs):
+            _, _, d, w = heapq.heappop(pending)
+            docs.append(d)
+            wires.append(w)
         i += 1
     return docs[:n], wires[:n]
 
@@ -209,7 +216,7 @@ def core_rate(wires: list[WireEvent]) -> tuple[float, float]:
     for offset, payload in enumerate(payloads):
         writes, deltas = score_batch(decode_batch(payload), store.get)
         store.update(writes)
-        group_outcomes([(0, offset, deltas)])
+        group_outcomes([(0, offset, deltas.outcomes)])
     rate = len(wires) / (time.perf_counter() - start)
     return rate, sum(len(k) + len(v) for k, v in store.items()) / len(store)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -190,6 +191,9 @@ def _scorer(args: argparse.Namespace) -> int:
         redirect_stdouts=False,
         logging_config=json_logging_config(settings.log_level, settings.framework_log_level),
     )
+    # What exists now (modules, Faust, SciPy) lives as long as the process: kept out of the
+    # collector's full passes, which otherwise rescan it while the state grows.
+    gc.freeze()
     worker.execute_from_commandline()
     return 0
 

@@ -25,7 +25,7 @@ _OUTCOME_IDX = {v: i for i, v in enumerate(APPEAL_OUTCOMES)}
 _ACTOR_IDX = {v: i for i, v in enumerate(ACTOR_TYPES)}
 
 
-class WireDecision(msgspec.Struct, array_like=True, tag=0, frozen=True):
+class WireDecision(msgspec.Struct, array_like=True, tag=0, frozen=True, gc=False):
     event_id: str
     decision_id: str
     t_ms: int
@@ -37,7 +37,7 @@ class WireDecision(msgspec.Struct, array_like=True, tag=0, frozen=True):
     actor_type: int
 
 
-class WireVerdict(msgspec.Struct, array_like=True, tag=1, frozen=True):
+class WireVerdict(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
     event_id: str
     decision_id: str
     t_ms: int
@@ -48,7 +48,7 @@ class WireVerdict(msgspec.Struct, array_like=True, tag=1, frozen=True):
     weight: float
 
 
-class WireAppeal(msgspec.Struct, array_like=True, tag=2, frozen=True):
+class WireAppeal(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
     event_id: str
     decision_id: str
     t_ms: int

@@ -14,6 +14,7 @@ import msgspec
 
 from services.common.wire import WireAppeal, WireDecision, WireEvent, WireVerdict
 from services.scorer.rates import (
+    BUCKET_MS,
     ERROR_TYPE_FIELD,
     F_APPEALS,
     F_DECISIONS,
@@ -33,14 +34,14 @@ CORRECT, INCORRECT, UNABLE = 0, 1, 2
 OVERTURNING_OUTCOMES = frozenset({1, 2})  # OVERTURNED, PARTIALLY_OVERTURNED
 
 
-class DecisionAttrs(msgspec.Struct, array_like=True):
+class DecisionAttrs(msgspec.Struct, array_like=True, gc=False):
     policy_label: str
     vendor_id: str
     market: str
     t_ms: int
 
 
-class CurrentVerdict(msgspec.Struct, array_like=True):
+class CurrentVerdict(msgspec.Struct, array_like=True, gc=False):
     verdict_id: str
     code: int
     error_type: int
@@ -50,7 +51,7 @@ class CurrentVerdict(msgspec.Struct, array_like=True):
     fed: bool = False
 
 
-class DecisionState(msgspec.Struct, array_like=True):
+class DecisionState(msgspec.Struct, array_like=True, gc=False):
     """What is known of one decision: attributes (once seen), current verdict, appeals."""
 
     attrs: DecisionAttrs | None = None
@@ -83,13 +84,29 @@ class Outcome:
 
 
 class Deltas:
-    """Per-batch accumulator of bucket count changes and detector outcomes."""
+    """Per-batch accumulator of bucket count changes and detector outcomes.
 
-    __slots__ = ("buckets", "outcomes")
+    Most events are new decisions, which change one counter of one bucket: those counts are kept
+    apart in ``decisions`` (an int per bucket), every other change in full rows in ``buckets``.
+    ``rows()`` folds the two together.
+    """
+
+    __slots__ = ("buckets", "decisions", "outcomes")
 
     def __init__(self) -> None:
         self.buckets: dict[BucketKey, Counts] = {}
+        self.decisions: dict[BucketKey, int] = {}
         self.outcomes: list[Outcome] = []
+
+    def rows(self) -> dict[BucketKey, Counts]:
+        """Every bucket's changes as a full row of counts."""
+        merged = {key: list(row) for key, row in self.buckets.items()}
+        for key, n in self.decisions.items():
+            row = merged.get(key)
+            if row is None:
+                row = merged[key] = zero_counts()
+            row[F_DECISIONS] += n
+        return merged
 
     def _row(self, attrs: DecisionAttrs, t_ms: int) -> Counts:
         key = (attrs.policy_label, attrs.vendor_id, attrs.market, bucket_start(t_ms))
@@ -99,7 +116,9 @@ class Deltas:
         return row
 
     def decision(self, attrs: DecisionAttrs) -> None:
-        self._row(attrs, attrs.t_ms)[F_DECISIONS] += 1
+        t_ms = attrs.t_ms
+        key = (attrs.policy_label, attrs.vendor_id, attrs.market, t_ms - t_ms % BUCKET_MS)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
 
     def verdict(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
         row = self._row(attrs, v.t_ms)
@@ -148,6 +167,14 @@ def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
     if cur.supersedes == new.verdict_id:
         return False
     return (new.t_ms, new.verdict_id) > (cur.t_ms, cur.verdict_id)
+
+
+def new_decision(ev: WireDecision, deltas: Deltas) -> DecisionState:
+    """The state of a decision seen first (the common case, so kept to the least work)."""
+    t_ms = ev.t_ms
+    key = (ev.policy_label, ev.vendor_id, ev.market, t_ms - t_ms % BUCKET_MS)
+    deltas.decisions[key] = deltas.decisions.get(key, 0) + 1
+    return DecisionState(DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, t_ms), None, None, t_ms)
 
 
 def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> tuple[DecisionState, bool]:

@@ -11,10 +11,19 @@ from dataclasses import dataclass
 
 import msgspec
 
-from services.common.wire import WireEvent
+from services.common.wire import WireDecision, WireEvent
 from services.scorer.alerts import RULES, AlertEvent, MonitorPolicy, MonitorState, PairMonitor, rule_hit
-from services.scorer.join import DecisionState, Deltas, add_contribution, apply_event, decode_state, encode_state
-from services.scorer.rates import Counts, add_into
+from services.scorer.join import (
+    DecisionState,
+    Deltas,
+    Outcome,
+    add_contribution,
+    apply_event,
+    decode_state,
+    encode_state,
+    new_decision,
+)
+from services.scorer.rates import COUNT_FIELDS, F_DECISIONS, Counts, add_into
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
@@ -23,9 +32,13 @@ _outcomes_decoder = msgspec.msgpack.Decoder(list[tuple[int, bool, int]])
 Load = Callable[[bytes], bytes | None]
 
 
-def score_batch(events: list[WireEvent], load: Load) -> tuple[dict[bytes, bytes], Deltas]:
-    """Apply a batch to decision state; returns the changed state records and the deltas."""
-    deltas = Deltas()
+def score_batch(events: list[WireEvent], load: Load, into: Deltas | None = None) -> tuple[dict[bytes, bytes], Deltas]:
+    """Apply a batch to decision state; returns the changed state records and the deltas.
+
+    ``into`` accumulates the deltas of several batches (fewer, fuller bucket rows to add up);
+    the outcomes of this batch are then the ones appended past its length before the call.
+    """
+    deltas = Deltas() if into is None else into
     states: dict[bytes, DecisionState] = {}
     changed: set[bytes] = set()
     for ev in events:
@@ -33,6 +46,10 @@ def score_batch(events: list[WireEvent], load: Load) -> tuple[dict[bytes, bytes]
         state = states.get(key)
         if state is None:
             raw = load(key)
+            if raw is None and type(ev) is WireDecision:
+                states[key] = new_decision(ev, deltas)
+                changed.add(key)
+                continue
             state = decode_state(raw) if raw is not None else None
         state, did_change = apply_event(state, ev, deltas)
         states[key] = state
@@ -40,6 +57,8 @@ def score_batch(events: list[WireEvent], load: Load) -> tuple[dict[bytes, bytes]
             changed.add(key)
     return {k: encode_state(states[k]) for k in changed}, deltas
 
+
+WIDTH = len(COUNT_FIELDS)
 
 BookKey = tuple[int, str, str, str, int]
 """(partition, policy_label, vendor_id, market, bucket_start_ms)."""
@@ -58,13 +77,21 @@ class RateBook:
         self.dirty: set[BookKey] = set()
 
     def apply(self, partition: int, deltas: Deltas) -> None:
+        counts, dirty = self.counts, self.dirty
         for (label, vendor, market, start_ms), delta in deltas.buckets.items():
             key = (partition, label, vendor, market, start_ms)
-            row = self.counts.get(key)
+            row = counts.get(key)
             if row is None:
-                row = self.counts[key] = [0.0] * len(delta)
+                row = counts[key] = [0.0] * WIDTH
             add_into(row, delta)
-            self.dirty.add(key)
+            dirty.add(key)
+        for (label, vendor, market, start_ms), n in deltas.decisions.items():
+            key = (partition, label, vendor, market, start_ms)
+            row = counts.get(key)
+            if row is None:
+                row = counts[key] = [0.0] * WIDTH
+            row[F_DECISIONS] += n
+            dirty.add(key)
 
     def rebuild(self, records: Iterable[tuple[int, bytes]]) -> None:
         """Recompute every bucket from (partition, encoded decision state) records."""
@@ -102,15 +129,15 @@ class OutcomeBatch(msgspec.Struct, tag="outcomes"):
     items: list[tuple[int, int, int, bool, int]]
 
 
-def group_outcomes(chunks: Iterable[tuple[int, int, Deltas]]) -> dict[bytes, bytes]:
+def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[Outcome]]]) -> dict[bytes, bytes]:
     """Detector outcomes grouped by pair: key msgpack((label, vendor)), value an OutcomeBatch.
 
-    ``chunks`` are (source partition, source offset, deltas of the record there), in the order
+    ``chunks`` are (source partition, source offset, outcomes of the record there), in the order
     they were applied (each partition's in offset order).
     """
     grouped: dict[tuple[str, str], list[tuple[int, int, int, bool, int]]] = {}
-    for partition, offset, deltas in chunks:
-        for o in deltas.outcomes:
+    for partition, offset, outcomes in chunks:
+        for o in outcomes:
             grouped.setdefault((o.policy_label, o.vendor_id), []).append(
                 (partition, offset, o.t_ms, o.is_error, o.error_type)
             )

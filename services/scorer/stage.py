@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 from services.common.config import ScorerSettings
 from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.wire import WireEvent, decode_batch
-from services.scorer.join import Deltas
+from services.scorer.join import Deltas, Outcome
 from services.scorer.pipeline import RateBook, group_outcomes, score_batch
 
 log = logging.getLogger("modq.scorer.stage")
@@ -49,6 +49,7 @@ Pending = tuple[int, int, int, list[WireEvent]]
 MERGE_WAIT_S = 1.0
 MAX_EVENTS_PER_ROUND = 20_000  # applied, then made durable and committed, as one unit
 MAX_ROUNDS_IN_FLIGHT = 2  # a round is applied while the one before it becomes durable
+MAX_BUFFERED_EVENTS = MAX_EVENTS_PER_ROUND  # per partition: fetching pauses above it
 
 
 def changelog_topic(settings: ScorerSettings) -> str:
@@ -83,6 +84,7 @@ class DecisionStage:
         self.producer: AIOKafkaProducer | None = None
         self._uncommitted: dict[TopicPartition, int] = {}
         self._buffers: dict[int, deque[Pending]] = {}
+        self._buffered: dict[int, int] = {}  # events waiting in each partition's buffer
         self._fetched_to: dict[int, int] = {}
         self._blocked_since: float | None = None
         self._generation = 0
@@ -148,7 +150,7 @@ class DecisionStage:
         delay = 0.2
         while not self._stopping.is_set():
             try:
-                fetched = await consumer.getmany(timeout_ms=100 if self._buffers_hold_data() else 500, max_records=500)
+                fetched = await self._fetch(consumer)
             except KafkaError:
                 log.exception("fetch failed; retrying", extra={"retry_in_s": delay})
                 await asyncio.sleep(delay)
@@ -202,8 +204,27 @@ class DecisionStage:
             self._rounds.popleft()
         return True
 
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Fetch more records, only for partitions whose buffer is not full.
+
+        Without the bound a backlog would be read (and decoded) into memory as fast as the broker
+        sends it, far ahead of what is applied. A paused partition's prefetched records are
+        dropped by aiokafka and fetched again after it resumes, from the position it had.
+        """
+        full = {p for p in self.owned if self._buffered.get(p, 0) >= MAX_BUFFERED_EVENTS}
+        if full:
+            consumer.pause(*(TopicPartition(self.topic, p) for p in full))
+        resumable = [TopicPartition(self.topic, p) for p in self.owned - full]
+        if resumable:
+            consumer.resume(*resumable)
+        if self.owned and full == self.owned:
+            await asyncio.sleep(0)  # everything owned is buffered: apply before fetching more
+            return {}
+        return await consumer.getmany(timeout_ms=100 if self._buffers_hold_data() else 500, max_records=500)
+
     def _buffer(self, p: int, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         buf = self._buffers.setdefault(p, deque())
+        events = 0
         for message in messages:
             try:
                 batch = decode_batch(message.value or b"")
@@ -211,6 +232,8 @@ class DecisionStage:
                 log.error("undecodable batch skipped", extra={"partition": p, "offset": message.offset})
                 batch = []
             buf.append((batch[0].t_ms if batch else 0, p, message.offset, batch))
+            events += len(batch)
+        self._buffered[p] = self._buffered.get(p, 0) + events
         self._fetched_to[p] = messages[-1].offset + 1
 
     def _buffers_hold_data(self) -> bool:
@@ -242,6 +265,7 @@ class DecisionStage:
             buf = self._buffers[p]
             ready.append(buf.popleft())
             events += len(ready[-1][3])
+            self._buffered[p] -= len(ready[-1][3])
             if buf:
                 heapq.heappush(heads, (buf[0][0], p))
             elif p not in waiting and self._lagging(p):
@@ -257,25 +281,29 @@ class DecisionStage:
     def _apply(self, ready: list[Pending]) -> None:
         """Apply records in the given order (under the lock) and send their detector outcomes; a
         task then makes the round durable, while the next round is applied."""
-        chunks: list[tuple[int, int, Deltas]] = []
+        chunks: list[tuple[int, int, list[Outcome]]] = []
         written: dict[int, dict[bytes, bytes]] = {}
         offsets: dict[TopicPartition, int] = {}
+        round_deltas: dict[int, Deltas] = {}  # a partition's bucket changes summed over the round
         newest_ms = events = 0
         for _, p, offset, batch in ready:
             states = self.states.setdefault(p, {})
-            writes, deltas = score_batch(batch, states.get)
+            deltas = round_deltas.setdefault(p, Deltas())
+            fed_before = len(deltas.outcomes)
+            writes, _ = score_batch(batch, states.get, into=deltas)
             states.update(writes)
             written.setdefault(p, {}).update(writes)
-            self.book.apply(p, deltas)
-            chunks.append((p, offset, deltas))
+            chunks.append((p, offset, deltas.outcomes[fed_before:]))
             offsets[TopicPartition(self.topic, p)] = offset + 1
             self.progress[p] = (offset + 1, time.monotonic())
             events += len(batch)
             if batch:
                 newest_ms = max(newest_ms, max(ev.t_ms for ev in batch))
+        for p, deltas in round_deltas.items():
+            self.book.apply(p, deltas)
         outcomes = group_outcomes(chunks)
         if self.on_batch is not None:
-            self.on_batch(len(ready), events, sum(len(d.outcomes) for *_, d in chunks), newest_ms)
+            self.on_batch(len(ready), events, sum(len(fed) for *_, fed in chunks), newest_ms)
         previous = self._rounds[-1][0] if self._rounds else None
         task = asyncio.create_task(self._make_durable(previous, outcomes, written, offsets))
         self._rounds.append((task, set(written)))
@@ -344,6 +372,7 @@ class DecisionStage:
             # from the committed offsets.
             self._generation += 1
             self._buffers.clear()
+            self._buffered.clear()
             self._fetched_to.clear()
             lost = {tp.partition for tp in revoked if tp.topic == self.topic}
             self.owned -= lost
@@ -446,6 +475,7 @@ class DecisionStage:
             self.states.pop(p, None)
             self.changelog_end.pop(p, None)
             self._buffers.pop(p, None)
+            self._buffered.pop(p, None)
             self._fetched_to.pop(p, None)
             self._uncommitted.pop(TopicPartition(self.topic, p), None)
         while True:

@@ -121,16 +121,15 @@ def test_fleet_budget_sets_arl_from_the_verdict_rate() -> None:
 
 def test_replayed_outcomes_feed_the_detectors_once_however_they_are_chunked() -> None:
     """A crash replay re-sends outcomes already applied, cut at other record boundaries."""
-    from services.scorer.join import Deltas, Outcome
+    from services.scorer.join import Outcome
     from services.scorer.pipeline import detect, group_outcomes, pair_key
 
     policy = MonitorPolicy(baseline_mode="sla", arl0=100_000)
     rng = random.Random(3)
     chunks = []
     for offset in range(40):
-        d = Deltas()
-        d.outcomes = [Outcome("SCAMS_AND_FRAUD", "V01", offset * 1000 + i, rng.random() < 0.2, 1) for i in range(25)]
-        chunks.append((offset % 2, offset, d))
+        fed = [Outcome("SCAMS_AND_FRAUD", "V01", offset * 1000 + i, rng.random() < 0.2, 1) for i in range(25)]
+        chunks.append((offset % 2, offset, fed))
     key = pair_key("SCAMS_AND_FRAUD", "V01")
 
     def run(cuts: list[tuple[int, int]]) -> tuple[bytes, list[str]]:

@@ -27,7 +27,7 @@ def run(events: list[WireEvent], batch_size: int = 3) -> tuple[dict[tuple[str, s
         batch = decode_batch(encode_batch(events[i : i + batch_size]))
         writes, deltas = score_batch(batch, store.get)
         store.update(writes)
-        for (label, vendor, market, _), delta in deltas.buckets.items():
+        for (label, vendor, market, _), delta in deltas.rows().items():
             row = totals.setdefault((label, vendor, market), [0.0] * len(COUNT_FIELDS))
             for j, v in enumerate(delta):
                 row[j] += v
