@@ -229,27 +229,39 @@ def metric(text: str, name: str) -> float:
     )
 
 
-def run_scorer(bootstrap: str, topic: str, partitions: int, expect: int, workdir: Path) -> tuple[float, float]:
-    port = free_port()
-    env = {
+def scorer_env(bootstrap: str, topic: str, partitions: int, workdir: Path) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:6]
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODQ_")},
         "MODQ_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "MODQ_TOPIC_EVENTS": topic,
         "MODQ_PARTITIONS": str(partitions),
-        "MODQ_SCORER_APP_ID": f"bench-{uuid.uuid4().hex[:6]}",
-        "MODQ_SCORER_WEB_PORT": str(port),
-        "MODQ_TOPIC_OUTCOMES": f"bench-outcomes-{uuid.uuid4().hex[:6]}",
-        "MODQ_TOPIC_ALERTS": f"bench-alerts-{uuid.uuid4().hex[:6]}",
+        "MODQ_SCORER_APP_ID": f"bench-{tag}",
+        "MODQ_SCORER_INSTANCE_ID": f"bench-{tag}-0",
+        "MODQ_SCORER_WEB_PORT": str(free_port()),
+        "MODQ_TOPIC_OUTCOMES": f"bench-outcomes-{tag}",
+        "MODQ_TOPIC_ALERTS": f"bench-alerts-{tag}",
         "MODQ_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
         "MODQ_SCORER_DATA_DIR": str(workdir / "data"),
         "MODQ_BASELINE_MODE": "sla",
         "MODQ_ARL0": "100000",
         "MODQ_LOG_LEVEL": "WARNING",
     }
+
+
+def run_scorer(env: dict[str, str], expect: int, workdir: Path, log: str) -> tuple[float, float, float]:
+    """Start the scorer and wait until it has counted ``expect`` events.
+
+    Returns (events/s from the first event counted to the last, seconds from the start of the
+    process to the last event counted, resident bytes). The process is killed with SIGKILL at the
+    end, as a crash would, so the next run with the same env recovers from the changelog.
+    """
+    port = env["MODQ_SCORER_WEB_PORT"]
+    started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "scorer"],
         env=env,
-        stdout=open(workdir / "scorer.log", "wb"),  # noqa: SIM115 - owned by the child
+        stdout=open(workdir / log, "wb"),  # noqa: SIM115 - owned by the child
         stderr=subprocess.STDOUT,
     )
     try:
@@ -268,11 +280,28 @@ def run_scorer(bootstrap: str, topic: str, partitions: int, expect: int, workdir
             if done >= expect:
                 assert first is not None
                 rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
-                return (done - first[1]) / (now - first[0]), rss
-        raise RuntimeError("scorer did not finish; see " + str(workdir / "scorer.log"))
+                rate = (done - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+                return rate, now - started, rss
+        raise RuntimeError(f"scorer did not finish; see {workdir / log}")
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(30)
+
+
+async def produce_more(bootstrap: str, topic: str, partitions: int, n: int) -> None:
+    """n new decisions after the end of the benchmark stream, for the restart measurement."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8_388_608)
+    await producer.start()
+    try:
+        by_partition: dict[int, list[WireEvent]] = defaultdict(list)
+        for i in range(n):
+            did = f"after-{i}"
+            w = WireDecision(f"e-{did}", did, T0 + 10**10 + i, LABELS[i % 40], VENDORS[i % 8], "DE", "", "", 0)
+            by_partition[partition_for(did, partitions)].append(w)
+        for p, batch in by_partition.items():
+            await (await producer.send(topic, encode_batch(batch), partition=p))
+    finally:
+        await producer.stop()
 
 
 async def main_async(args: argparse.Namespace) -> str:
@@ -298,8 +327,14 @@ async def main_async(args: argparse.Namespace) -> str:
         print(f"raw aiokafka + orjson (JSON, 1 event/record): {raw_json:,.0f} events/s", flush=True)
         raw_batches = await raw_consume(bootstrap, batch_topic, args.events, lambda v: len(decode_batch(v)))
         print(f"raw aiokafka + msgspec (batches): {raw_batches:,.0f} events/s", flush=True)
-        scorer, rss = run_scorer(bootstrap, batch_topic, args.partitions, args.events, workdir)
+        env = scorer_env(bootstrap, batch_topic, args.partitions, workdir)
+        scorer, _, rss = run_scorer(env, args.events, workdir, "scorer.log")
         print(f"modq scorer: {scorer:,.0f} events/s, RSS {rss / 2**20:.0f} MiB", flush=True)
+        # Restart: the process above was killed with SIGKILL; new events wait on the topic; a new
+        # process recovers every decision from the changelog, then counts them.
+        await produce_more(bootstrap, batch_topic, args.partitions, 10_000)
+        _, restart_s, _ = run_scorer({**env, "MODQ_LOG_LEVEL": "INFO", "MODQ_FRAMEWORK_LOG_LEVEL": "INFO"}, 10_000, workdir, "scorer-restart.log")
+        print(f"restart after kill -9: processing again, 10,000 new events counted, {restart_s:.1f} s", flush=True)
         core, per_decision = core_rate(wires)
         print(f"pure core: {core:,.0f} events/s; {per_decision:.0f} bytes stored per decision", flush=True)
     finally:
@@ -315,7 +350,8 @@ async def main_async(args: argparse.Namespace) -> str:
     ]
     return "\n".join(table) + (
         f"\n\n{args.events:,} events; scorer resident memory at the end: {rss / 2**20:.0f} MiB; "
-        f"{per_decision:.0f} bytes stored per decision (state and key).\n"
+        f"{per_decision:.0f} bytes stored per decision (state and key). Restart after kill -9 with that "
+        f"state: {restart_s:.1f} s from the new process's start until 10,000 new events were counted.\n"
     )
 
 

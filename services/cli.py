@@ -157,12 +157,10 @@ def _schema_ready(settings: CommonSettings) -> bool:
 
 
 def _scorer(args: argparse.Namespace) -> int:
-    from faust import Worker
-
     from services.common.config import ScorerSettings
     from services.common.kafka import ensure_topics
     from services.common.logging import configure_logging, json_logging_config
-    from services.scorer.app import Scorer
+    from services.scorer.app import Scorer, make_worker
     from services.scorer.stage import changelog_topic
 
     settings = ScorerSettings()
@@ -184,8 +182,8 @@ def _scorer(args: argparse.Namespace) -> int:
         )
     )
     scorer = Scorer(settings)
-    worker = Worker(
-        scorer.app,
+    worker = make_worker(
+        scorer,
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,

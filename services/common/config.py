@@ -173,6 +173,14 @@ class ScorerSettings(CommonSettings):
     scorer_exit_on_stall: bool = Field(True, description="exit (for the supervisor to restart) on a stall")
     faust_session_timeout_s: float = 30.0
     faust_rebalance_timeout_s: float = 30.0
+    scorer_instance_id: str = Field(
+        "",
+        description=(
+            "static group membership (Kafka group.instance.id) for this worker's consumer groups: a"
+            " restarted worker with the same id gets its partitions back without waiting out the"
+            " session timeout. Unique per worker (the pod name); empty: dynamic membership"
+        ),
+    )
 
 
 class ApiSettings(CommonSettings):

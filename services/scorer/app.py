@@ -119,6 +119,7 @@ class Scorer:
             value_serializer="raw",
             topic_allow_declare=True,
             consumer_auto_offset_reset="earliest",
+            consumer_group_instance_id=s.scorer_instance_id or None,
             broker_credentials=faust_credentials(s),
         )
         self.outcomes_topic = app.topic(
@@ -205,7 +206,6 @@ class Scorer:
         async def on_start() -> None:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
-            await self.stage.start()
 
         @app.on_before_shutdown.connect
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
@@ -374,3 +374,15 @@ def _encode_alert(change: AlertEvent) -> bytes:
 
 def _decode_alert(payload: bytes) -> AlertEvent:
     return msgspec.json.decode(payload, type=AlertEvent)
+
+
+def make_worker(scorer: Scorer, **options: Any) -> faust.Worker:
+    """The Faust worker of a scorer; the events stage starts with it, before Faust's own consumer
+    has joined its group, so the two group joins (each a wait on the broker) overlap."""
+
+    class ScorerWorker(faust.Worker):  # type: ignore[misc]
+        async def on_first_start(self) -> None:
+            await super().on_first_start()
+            await scorer.stage.start()
+
+    return ScorerWorker(scorer.app, **options)

@@ -107,6 +107,7 @@ class DecisionStage:
             session_timeout_ms=int(s.faust_session_timeout_s * 1000),
             rebalance_timeout_ms=int(s.faust_rebalance_timeout_s * 1000),
             heartbeat_interval_ms=3000,
+            group_instance_id=s.scorer_instance_id or None,
             # Small per-partition fetches keep the partitions of a backlog in step, so the
             # detectors see verdicts close to event-time order after a catch-up.
             max_partition_fetch_bytes=s.scorer_partition_fetch_bytes,
