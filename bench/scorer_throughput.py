@@ -333,7 +333,8 @@ async def main_async(args: argparse.Namespace) -> str:
         # Restart: the process above was killed with SIGKILL; new events wait on the topic; a new
         # process recovers every decision from the changelog, then counts them.
         await produce_more(bootstrap, batch_topic, args.partitions, 10_000)
-        _, restart_s, _ = run_scorer({**env, "MODQ_LOG_LEVEL": "INFO", "MODQ_FRAMEWORK_LOG_LEVEL": "INFO"}, 10_000, workdir, "scorer-restart.log")
+        verbose = {**env, "MODQ_LOG_LEVEL": "INFO", "MODQ_FRAMEWORK_LOG_LEVEL": "INFO"}  # the log has the timeline
+        _, restart_s, _ = run_scorer(verbose, 10_000, workdir, "scorer-restart.log")
         print(f"restart after kill -9: processing again, 10,000 new events counted, {restart_s:.1f} s", flush=True)
         core, per_decision = core_rate(wires)
         print(f"pure core: {core:,.0f} events/s; {per_decision:.0f} bytes stored per decision", flush=True)

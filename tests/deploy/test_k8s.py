@@ -67,7 +67,7 @@ def test_deployments_have_resources_probes_and_run_as_non_root(docs: list[dict[s
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz", name
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
         assert "startupProbe" in c, name
-        refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "valueFrom" in e]
+        refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
         assert any(r.startswith("modq-secrets") for r in refs), name
         assert c["envFrom"][0]["configMapRef"]["name"].startswith("modq-config"), name
     assert set(by_kind(docs, "PodDisruptionBudget")) == set(deployments)
