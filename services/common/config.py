@@ -173,6 +173,15 @@ class ScorerSettings(CommonSettings):
     scorer_exit_on_stall: bool = Field(True, description="exit (for the supervisor to restart) on a stall")
     faust_session_timeout_s: float = 30.0
     faust_rebalance_timeout_s: float = 30.0
+    scorer_state_retention_s: float = Field(
+        604_800.0,
+        gt=0,
+        description=(
+            "decision state expires this long (event time) after the newest event of its decision,"
+            " measured against the newest event of its partition; rate buckets older than that are"
+            " closed (their database rows stay)"
+        ),
+    )
     scorer_instance_id: str = Field(
         "",
         description=(

@@ -50,6 +50,16 @@ class ScorerMetrics:
         self.flush_failures = Counter(
             "modq_scorer_db_write_failures", "Database writes that failed and will be retried", registry=registry
         )
+        self.expired_decisions = Counter(
+            "modq_scorer_expired_decisions",
+            "Decision states expired on event time (MODQ_SCORER_STATE_RETENTION_S)",
+            registry=registry,
+        )
+        self.closed_bucket_changes = Counter(
+            "modq_scorer_closed_bucket_changes",
+            "Changes to rate buckets older than the state retention, dropped (events that late)",
+            registry=registry,
+        )
         self.dirty_buckets = Gauge(
             "modq_scorer_dirty_buckets", "Rate buckets awaiting a database write", registry=registry
         )
@@ -97,6 +107,7 @@ class Scorer:
         self.engine: AsyncEngine | None = None
         self.sink: DbSink | None = None
         self.book = RateBook()
+        self._ignored_reported = 0
         self.stage = DecisionStage(s, self.book, self.metrics, on_batch=self._on_batch)
         self.stalled: list[int] = []
         self.ready = False
@@ -330,11 +341,15 @@ class Scorer:
         if rows:
             try:
                 written = await self.sink.upsert_buckets([(*key, counts) for key, counts in rows])
+                self.book.written()
             except Exception:
                 self.book.mark_dirty(key for key, _ in rows)
                 self.metrics.flush_failures.inc()
                 log.exception("bucket flush failed; will retry", extra={"buckets": len(rows)})
         self.metrics.dirty_buckets.set(len(self.book.dirty))
+        if self.book.ignored > self._ignored_reported:
+            self.metrics.closed_bucket_changes.inc(self.book.ignored - self._ignored_reported)
+            self._ignored_reported = self.book.ignored
         return written
 
 

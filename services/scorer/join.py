@@ -8,6 +8,7 @@ replaying or shuffling a stream yields the same counts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -70,6 +71,22 @@ def encode_state(state: DecisionState) -> bytes:
 
 def decode_state(raw: bytes) -> DecisionState:
     return _state_decoder.decode(raw)
+
+
+def touched_ms(raw: bytes) -> int:
+    """Event time of the newest event applied to an encoded state, without decoding all of it.
+
+    ``touched_ms`` is the state's last field; an event time in ms (past 2**32) is encoded as
+    msgpack uint64 (0xcf and eight bytes), read straight off the end. Anything else is decoded.
+    """
+    if len(raw) > 9 and raw[-9] == 0xCF:
+        return int.from_bytes(raw[-8:], "big")
+    return _state_decoder.decode(raw).touched_ms
+
+
+def expired(states: Mapping[bytes, bytes], cutoff_ms: int) -> list[bytes]:
+    """Keys of the states whose newest event is older than ``cutoff_ms`` (event time)."""
+    return [key for key, raw in states.items() if touched_ms(raw) < cutoff_ms]
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,10 +75,18 @@ class RateBook:
     def __init__(self) -> None:
         self.counts: dict[BookKey, Counts] = {}
         self.dirty: set[BookKey] = set()
+        self.in_flight: set[BookKey] = set()  # taken for a database write not yet confirmed
+        # Per partition, the event time below which buckets are closed (see ``close_before``).
+        self.horizon: dict[int, int] = {}
+        self.ignored = 0  # changes to closed buckets, dropped
 
     def apply(self, partition: int, deltas: Deltas) -> None:
         counts, dirty = self.counts, self.dirty
+        horizon = self.horizon.get(partition, -1)
         for (label, vendor, market, start_ms), delta in deltas.buckets.items():
+            if start_ms < horizon:
+                self.ignored += 1
+                continue
             key = (partition, label, vendor, market, start_ms)
             row = counts.get(key)
             if row is None:
@@ -86,6 +94,9 @@ class RateBook:
             add_into(row, delta)
             dirty.add(key)
         for (label, vendor, market, start_ms), n in deltas.decisions.items():
+            if start_ms < horizon:
+                self.ignored += 1
+                continue
             key = (partition, label, vendor, market, start_ms)
             row = counts.get(key)
             if row is None:
@@ -93,22 +104,57 @@ class RateBook:
             row[F_DECISIONS] += n
             dirty.add(key)
 
+    def close_before(self, partition: int, horizon_ms: int) -> None:
+        """Close a partition's buckets that start before ``horizon_ms`` (it only moves forward).
+
+        Decision state older than the horizon may expire, so such a bucket could no longer be
+        recomputed whole: it is never rebuilt nor changed again (the database keeps what was
+        written), and once written it leaves memory (``drop_closed``). Close only what is written
+        (``unwritten_from``).
+        """
+        self.horizon[partition] = max(horizon_ms, self.horizon.get(partition, horizon_ms))
+
+    def drop_closed(self) -> int:
+        """Forget closed buckets already written; returns how many."""
+        gone = [k for k in self.counts if self._closed(k) and k not in self.dirty and k not in self.in_flight]
+        for key in gone:
+            del self.counts[key]
+        return len(gone)
+
     def rebuild(self, records: Iterable[tuple[int, bytes]]) -> None:
-        """Recompute every bucket from (partition, encoded decision state) records."""
+        """Recompute every open bucket from (partition, encoded decision state) records."""
         by_partition: dict[int, Deltas] = {}
         for partition, raw in records:
             add_contribution(decode_state(raw), by_partition.setdefault(partition, Deltas()))
+        closed_unwritten = {k: v for k, v in self.counts.items() if k in self.dirty and self._closed(k)}
         self.counts.clear()
+        ignored = self.ignored
         for partition, deltas in by_partition.items():
             self.apply(partition, deltas)
+        self.ignored = ignored  # closed buckets skipped by a rebuild are not dropped changes
+        self.counts.update(closed_unwritten)  # complete when closed, still to be written
         self.dirty = set(self.counts)
 
+    def _closed(self, key: BookKey) -> bool:
+        return key[4] < self.horizon.get(key[0], -1)
+
     def take_dirty(self) -> list[tuple[BookKey, Counts]]:
+        """Rows to write; they count as unwritten until ``written()`` (or ``mark_dirty`` again)."""
         keys, self.dirty = self.dirty, set()
+        self.in_flight |= keys
         return [(k, list(self.counts[k])) for k in keys if k in self.counts]
+
+    def written(self) -> None:
+        """The rows last taken are in the database."""
+        self.in_flight.clear()
+
+    def unwritten_from(self, partition: int) -> int | None:
+        """Start of the partition's oldest bucket not yet in the database (None: all written)."""
+        return min((k[4] for k in (*self.dirty, *self.in_flight) if k[0] == partition), default=None)
 
     def mark_dirty(self, keys: Iterable[BookKey]) -> None:
         self.dirty.update(keys)
+        self.in_flight.clear()
 
 
 def pair_key(policy_label: str, vendor_id: str) -> bytes:

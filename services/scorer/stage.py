@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 from services.common.config import ScorerSettings
 from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.wire import WireEvent, decode_batch
-from services.scorer.join import Deltas, Outcome
+from services.scorer.join import Deltas, Outcome, expired, touched_ms
 from services.scorer.pipeline import RateBook, group_outcomes, score_batch
 
 log = logging.getLogger("modq.scorer.stage")
@@ -50,6 +50,7 @@ MERGE_WAIT_S = 1.0
 MAX_EVENTS_PER_ROUND = 20_000  # applied, then made durable and committed, as one unit
 MAX_ROUNDS_IN_FLIGHT = 2  # a round is applied while the one before it becomes durable
 MAX_BUFFERED_EVENTS = MAX_EVENTS_PER_ROUND  # per partition: fetching pauses above it
+SWEPT_KEY = b"\x00modq:swept"  # changelog record: the partition's state-expiry cutoff (not a decision)
 
 
 def changelog_topic(settings: ScorerSettings) -> str:
@@ -76,6 +77,11 @@ class DecisionStage:
         self.group_id = f"{settings.scorer_app_id}-events"
         self.states: dict[int, dict[bytes, bytes]] = {}
         self.changelog_end: dict[int, int] = {}  # partition -> changelog offset the state reflects
+        # Per partition: event time of the newest event in its state, and the expiry cutoff of its
+        # last sweep (see ``_expire``).
+        self.watermark: dict[int, int] = {}
+        self._swept: dict[int, int] = {}
+        self.retention_ms = int(settings.scorer_state_retention_s * 1000)
         self.owned: set[int] = set()
         # events partition -> (next offset to process, monotonic time it last advanced)
         self.progress: dict[int, tuple[int, float]] = {}
@@ -164,8 +170,8 @@ class DecisionStage:
                     self._buffer(tp.partition, messages)
             generation = self._generation
             ready = self._take_in_order()
-            if not ready:
-                continue
+            if not ready and not any(self._sweep_cutoff(p) is not None for p in self.owned):
+                continue  # (with nothing to apply, a round can still be due to expire state)
             async with self._lock:
                 if generation != self._generation:
                     continue  # a rebalance came in between: consumption restarts from the commits
@@ -283,7 +289,7 @@ class DecisionStage:
         """Apply records in the given order (under the lock) and send their detector outcomes; a
         task then makes the round durable, while the next round is applied."""
         chunks: list[tuple[int, int, list[Outcome]]] = []
-        written: dict[int, dict[bytes, bytes]] = {}
+        written: dict[int, dict[bytes, bytes | None]] = {}
         offsets: dict[TopicPartition, int] = {}
         round_deltas: dict[int, Deltas] = {}  # a partition's bucket changes summed over the round
         newest_ms = events = 0
@@ -302,18 +308,68 @@ class DecisionStage:
                 newest_ms = max(newest_ms, max(ev.t_ms for ev in batch))
         for p, deltas in round_deltas.items():
             self.book.apply(p, deltas)
+        for p in self.owned:
+            self._expire(p, written.setdefault(p, {}))
+        written = {p: writes for p, writes in written.items() if writes}
         outcomes = group_outcomes(chunks)
-        if self.on_batch is not None:
+        if self.on_batch is not None and ready:
             self.on_batch(len(ready), events, sum(len(fed) for *_, fed in chunks), newest_ms)
         previous = self._rounds[-1][0] if self._rounds else None
         task = asyncio.create_task(self._make_durable(previous, outcomes, written, offsets))
         self._rounds.append((task, set(written)))
 
+    def _expire(self, p: int, writes: dict[bytes, bytes | None]) -> None:
+        """Advance the partition's watermark and, now and then, expire old decision state.
+
+        A decision's state expires ``retention`` (event time) after its newest event, measured
+        against the partition's watermark (the newest ``touched_ms`` in its state). Expiring state
+        closes the rate buckets it counted in, so a sweep only goes as far as the oldest bucket
+        not yet in the database, closes the buckets before its cutoff, writes tombstones for the
+        expired keys, and records the cutoff on the changelog (``SWEPT_KEY``) in the same round,
+        for a recovery to close the same buckets. A sweep scans the whole partition, so it runs
+        only once the cutoff can move by a twentieth of the retention.
+        """
+        newest = max((touched_ms(raw) for raw in writes.values() if raw is not None), default=0)
+        self.watermark[p] = max(newest, self.watermark.get(p, 0))
+        cutoff = self._sweep_cutoff(p)
+        if cutoff is None:
+            return
+        self._swept[p] = cutoff
+        self.book.close_before(p, cutoff)
+        states = self.states.setdefault(p, {})
+        gone = expired(states, cutoff)
+        for key in gone:
+            del states[key]
+            writes[key] = None
+        writes[SWEPT_KEY] = cutoff.to_bytes(8, "big")
+        dropped = self.book.drop_closed()
+        self.metrics.expired_decisions.inc(len(gone))
+        log.info(
+            "state expired",
+            extra={"partition": p, "decisions": len(gone), "buckets_dropped": dropped, "cutoff_ms": cutoff},
+        )
+
+    def _sweep_cutoff(self, p: int) -> int | None:
+        """The cutoff a sweep of the partition would use now; None when none is due."""
+        watermark = self.watermark.get(p)
+        if watermark is None:
+            return None
+        cutoff = watermark - self.retention_ms
+        last = self._swept.get(p)
+        if last is not None and cutoff - last < max(self.retention_ms // 20, 60_000):
+            return None
+        unwritten = self.book.unwritten_from(p)
+        if unwritten is not None:
+            cutoff = min(cutoff, unwritten)  # buckets still to be written must stay open
+        if cutoff <= 0 or (last is not None and cutoff <= last):
+            return None
+        return cutoff
+
     async def _make_durable(
         self,
         previous: asyncio.Task[None] | None,
         outcomes: dict[bytes, bytes],
-        written: dict[int, dict[bytes, bytes]],
+        written: dict[int, dict[bytes, bytes | None]],
         offsets: dict[TopicPartition, int],
     ) -> None:
         """Outcomes durable, then the state that marks them fed, then the offsets: rounds in order."""
@@ -333,7 +389,9 @@ class DecisionStage:
             self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, 0))
         await self._commit()
 
-    async def _send_changelog(self, p: int, writes: dict[bytes, bytes]) -> list[tuple[int, int, asyncio.Future[Any]]]:
+    async def _send_changelog(
+        self, p: int, writes: dict[bytes, bytes | None]
+    ) -> list[tuple[int, int, asyncio.Future[Any]]]:
         """State records as whole record batches (a C-level append per record, not a send)."""
         producer = self._producer()
         sends: list[tuple[int, int, asyncio.Future[Any]]] = []
@@ -385,6 +443,7 @@ class DecisionStage:
             for p in set(self.states) - parts:  # another worker owns it now; re-read if it returns
                 del self.states[p]
                 self.changelog_end.pop(p, None)
+                self._swept.pop(p, None)
             started = time.monotonic()
             records = await self._recover_or_exit(parts)
             self.owned = parts
@@ -441,6 +500,7 @@ class DecisionStage:
                 start = self.changelog_end.get(p, 0) if p in self.states else 0
                 if start == 0:
                     self.states[p] = {}
+                    self._swept.pop(p, None)
                 reader.seek(tp, start)
                 todo[tp] = ends[tp]
             while todo:
@@ -449,6 +509,9 @@ class DecisionStage:
                     states = self.states[tp.partition]
                     for m in messages:
                         if m.key is None:
+                            continue
+                        if m.key == SWEPT_KEY:
+                            self._swept[tp.partition] = int.from_bytes(m.value or bytes(8), "big")
                             continue
                         if m.value is None:
                             states.pop(m.key, None)
@@ -465,6 +528,12 @@ class DecisionStage:
         return read
 
     def _rebuild_book(self) -> None:
+        """The book from the state, after a recovery: buckets closed by the recovered sweep cutoff
+        stay closed (their counts may be gone with expired state; the database has them)."""
+        for p in self.owned:
+            self.watermark[p] = max(map(touched_ms, self.states.get(p, {}).values()), default=0)
+            if p in self._swept:
+                self.book.close_before(p, self._swept[p])
         self.book.rebuild((p, raw) for p in self.owned for raw in self.states.get(p, {}).values())
 
     async def _roll_back(self, parts: set[int]) -> None:

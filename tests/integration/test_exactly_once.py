@@ -82,13 +82,13 @@ async def alert_rows(database_url: str) -> tuple[list[tuple[str, ...]], list[tup
         await engine.dispose()
 
 
-async def scorer_events(port: str) -> float:
+async def scorer_metric(port: str, name: str = "modq_scorer_events_total") -> float:
     try:
         async with httpx.AsyncClient() as web:
             text_ = (await web.get(f"http://127.0.0.1:{port}/metrics")).text
     except httpx.HTTPError:
         return 0.0
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text_.splitlines() if ln.startswith("modq_scorer_events_total"))
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text_.splitlines() if ln.startswith(name))
 
 
 async def exact(database_url: str, truth: dict[Key, list[int]]) -> object:
@@ -111,11 +111,24 @@ async def assert_one_alert_for_the_drifting_pair(database_url: str) -> None:
     assert sorted(history) == [(alerts[0][0], "fired")]
 
 
-@pytest.mark.parametrize("kill", [True, False], ids=["kill-9", "sigterm"])
+@pytest.mark.parametrize(
+    ("kill", "retention_s"),
+    [(True, None), (False, None), (True, 900)],
+    ids=["kill-9", "sigterm", "kill-9-state-expiring"],
+)
 async def test_scorer_stopped_mid_stream_counts_exactly(
-    service_env: dict[str, str], database_url: str, spawn: Callable[..., Service], kill: bool
+    service_env: dict[str, str],
+    database_url: str,
+    spawn: Callable[..., Service],
+    kill: bool,
+    retention_s: int | None,
 ) -> None:
+    """With ``retention_s`` (15 minutes of event time; the stream spans two hours, no event comes
+    more than 10 minutes after its decision) decision state expires and buckets close all along,
+    across the crash too, and the counts must still be exact."""
     env = {**service_env, "MODQ_DATABASE_URL": database_url}
+    if retention_s is not None:
+        env["MODQ_SCORER_STATE_RETENTION_S"] = str(retention_s)
     stream = make_stream(DECISIONS)
     assert len(stream.events) >= EVENTS * 0.99
     await put_on_events_topic(env, stream)
@@ -123,15 +136,18 @@ async def test_scorer_stopped_mid_stream_counts_exactly(
     port = env["MODQ_SCORER_WEB_PORT"]
 
     async def partly_done() -> bool:
-        return await scorer_events(port) >= len(stream.events) * 0.3
+        return await scorer_metric(port) >= len(stream.events) * 0.3
 
     await eventually(partly_done, 120, interval=0.05)
-    done_at_kill = await scorer_events(port)
+    done_at_kill = await scorer_metric(port)
     assert scorer.stop(kill=kill) == (-9 if kill else 0)  # SIGTERM: the round in flight is committed
     assert done_at_kill < len(stream.events), "killed too late to test anything"
     spawn(["scorer"], env, "scorer-2")
     await eventually(lambda: exact(database_url, stream.truth), 180, interval=1.0)
     await assert_one_alert_for_the_drifting_pair(database_url)
+    if retention_s is not None:  # most of the state the second process recovered or built expired
+        assert await scorer_metric(port, "modq_scorer_expired_decisions_total") > DECISIONS * 0.5
+        assert await scorer_metric(port, "modq_scorer_closed_bucket_changes_total") == 0
 
 
 async def test_every_event_twice_and_shuffled_counts_exactly(

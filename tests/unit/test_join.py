@@ -129,3 +129,48 @@ def test_rate_book_rebuilt_from_decision_states_equals_the_incremental_one() -> 
     rebuilt = RateBook()
     rebuilt.rebuild((p, raw) for p, store in stores.items() for raw in store.values())
     assert rebuilt.counts == {k: v for k, v in live.counts.items() if any(v)}
+
+
+def test_touched_ms_read_off_the_end_equals_the_decoded_field() -> None:
+    from services.scorer.join import CurrentVerdict, DecisionAttrs, DecisionState, encode_state, touched_ms
+
+    for t in (0, 1, 127, 70_000, 2**32 + 5, 1_795_000_000_000):
+        for state in (
+            DecisionState(touched_ms=t),
+            DecisionState(DecisionAttrs("L", "V", "DE", t), None, None, t),
+            DecisionState(None, CurrentVerdict("v", 1, 2, t, 1.0, ""), {"a": (1, t)}, t),
+        ):
+            assert touched_ms(encode_state(state)) == t
+
+
+def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
+    """Buckets before the horizon are closed: a rebuild leaves them out, late changes are dropped,
+    and written ones leave memory; open buckets rebuild to the incremental values."""
+    from services.scorer.join import decode_state
+    from services.scorer.pipeline import RateBook
+    from services.scorer.rates import BUCKET_MS
+
+    events = [wire("decision", factories.decision(f"d{i}", event_time=factories.ts(i * 60))) for i in range(40)]
+    store: dict[bytes, bytes] = {}
+    book = RateBook()
+    writes, deltas = score_batch(decode_batch(encode_batch(events)), store.get)
+    store.update(writes)
+    book.apply(0, deltas)
+    starts = sorted({k[4] for k in book.counts})
+    horizon = starts[len(starts) // 2]
+    book.close_before(0, horizon)
+    book.close_before(0, horizon - BUCKET_MS)  # never moves back
+    open_before = {k: list(v) for k, v in book.counts.items() if k[4] >= horizon}
+    book.apply(0, deltas)  # changes to both closed and open buckets
+    assert book.ignored == sum(1 for k in deltas.decisions if k[3] < horizon)
+    assert book.unwritten_from(0) == starts[0]
+    book.take_dirty()
+    assert book.unwritten_from(0) == starts[0]  # in flight until the write is confirmed
+    book.written()
+    assert book.unwritten_from(0) is None
+    closed = len(book.counts) - len(open_before)
+    assert closed > 0 and book.drop_closed() == closed
+    assert all(k[4] >= horizon for k in book.counts)
+    book.rebuild((0, raw) for raw in store.values())
+    assert book.counts == open_before
+    assert all(decode_state(raw).attrs is not None for raw in store.values())
