@@ -8,7 +8,7 @@ replaying or shuffling a stream yields the same counts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -84,9 +84,9 @@ def touched_ms(raw: bytes) -> int:
     return _state_decoder.decode(raw).touched_ms
 
 
-def expired(states: Mapping[bytes, bytes], cutoff_ms: int) -> list[bytes]:
-    """Keys of the states whose newest event is older than ``cutoff_ms`` (event time)."""
-    return [key for key, raw in states.items() if touched_ms(raw) < cutoff_ms]
+def expired(states: Iterable[tuple[bytes, bytes]], cutoff_ms: int) -> list[bytes]:
+    """Keys of the (key, encoded state) pairs whose newest event is older than ``cutoff_ms``."""
+    return [key for key, raw in states if touched_ms(raw) < cutoff_ms]
 
 
 @dataclass(frozen=True, slots=True)

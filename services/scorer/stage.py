@@ -30,6 +30,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -40,6 +41,7 @@ from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.wire import WireEvent, decode_batch
 from services.scorer.join import Deltas, Outcome, expired, touched_ms
 from services.scorer.pipeline import RateBook, group_outcomes, score_batch
+from services.scorer.states import MemoryStates, PartitionStates, RocksStates
 
 log = logging.getLogger("modq.scorer.stage")
 
@@ -75,13 +77,14 @@ class DecisionStage:
         self.topic = settings.topic_events
         self.changelog = changelog_topic(settings)
         self.group_id = f"{settings.scorer_app_id}-events"
-        self.states: dict[int, dict[bytes, bytes]] = {}
+        self.states: dict[int, PartitionStates] = {}
         self.changelog_end: dict[int, int] = {}  # partition -> changelog offset the state reflects
         # Per partition: event time of the newest event in its state, and the expiry cutoff of its
         # last sweep (see ``_expire``).
         self.watermark: dict[int, int] = {}
         self._swept: dict[int, int] = {}
         self.retention_ms = int(settings.scorer_state_retention_s * 1000)
+        self.data_dir = Path(settings.scorer_data_dir or f"{settings.scorer_app_id}-data")
         self.owned: set[int] = set()
         # events partition -> (next offset to process, monotonic time it last advanced)
         self.progress: dict[int, tuple[int, float]] = {}
@@ -203,7 +206,7 @@ class DecisionStage:
                 log.exception("writing a round failed; rolling back", extra={"partitions": sorted(touched)})
                 if rebalancing:
                     for p in touched:
-                        self.states.pop(p, None)
+                        self._drop_states(p)
                         self.changelog_end.pop(p, None)
                 else:
                     await self._roll_back(touched | self.owned)
@@ -294,11 +297,11 @@ class DecisionStage:
         round_deltas: dict[int, Deltas] = {}  # a partition's bucket changes summed over the round
         newest_ms = events = 0
         for _, p, offset, batch in ready:
-            states = self.states.setdefault(p, {})
+            states = self._states(p)
             deltas = round_deltas.setdefault(p, Deltas())
             fed_before = len(deltas.outcomes)
             writes, _ = score_batch(batch, states.get, into=deltas)
-            states.update(writes)
+            states.write(writes)
             written.setdefault(p, {}).update(writes)
             chunks.append((p, offset, deltas.outcomes[fed_before:]))
             offsets[TopicPartition(self.topic, p)] = offset + 1
@@ -336,11 +339,11 @@ class DecisionStage:
             return
         self._swept[p] = cutoff
         self.book.close_before(p, cutoff)
-        states = self.states.setdefault(p, {})
-        gone = expired(states, cutoff)
-        for key in gone:
-            del states[key]
-            writes[key] = None
+        states = self._states(p)
+        gone = expired(states.items(), cutoff)
+        tombstones = dict.fromkeys(gone)
+        states.write(tombstones)
+        writes.update(tombstones)
         writes[SWEPT_KEY] = cutoff.to_bytes(8, "big")
         dropped = self.book.drop_closed()
         self.metrics.expired_decisions.inc(len(gone))
@@ -441,7 +444,7 @@ class DecisionStage:
         parts = {tp.partition for tp in assigned if tp.topic == self.topic}
         async with self._lock:
             for p in set(self.states) - parts:  # another worker owns it now; re-read if it returns
-                del self.states[p]
+                self._drop_states(p)
                 self.changelog_end.pop(p, None)
                 self._swept.pop(p, None)
             started = time.monotonic()
@@ -456,7 +459,7 @@ class DecisionStage:
                 extra={
                     "partitions": sorted(parts),
                     "records_read": records,
-                    "decisions": sum(len(self.states.get(p, {})) for p in parts),
+                    "decisions": sum(self.states[p].count() for p in parts if p in self.states),
                     "seconds": round(now - started, 3),
                 },
             )
@@ -499,24 +502,21 @@ class DecisionStage:
                 p = tp.partition
                 start = self.changelog_end.get(p, 0) if p in self.states else 0
                 if start == 0:
-                    self.states[p] = {}
+                    self._drop_states(p)
+                    self._states(p)
                     self._swept.pop(p, None)
                 reader.seek(tp, start)
                 todo[tp] = ends[tp]
             while todo:
                 batches = await reader.getmany(*todo, timeout_ms=300, max_records=50_000)
                 for tp, messages in batches.items():
-                    states = self.states[tp.partition]
+                    changes: dict[bytes, bytes | None] = {}
                     for m in messages:
-                        if m.key is None:
-                            continue
                         if m.key == SWEPT_KEY:
                             self._swept[tp.partition] = int.from_bytes(m.value or bytes(8), "big")
-                            continue
-                        if m.value is None:
-                            states.pop(m.key, None)
-                        else:
-                            states[m.key] = m.value
+                        elif m.key is not None:
+                            changes[m.key] = m.value
+                    self.states[tp.partition].write(changes)
                     read += len(messages)
                 for tp in list(todo):
                     position = await reader.position(tp)
@@ -531,10 +531,10 @@ class DecisionStage:
         """The book from the state, after a recovery: buckets closed by the recovered sweep cutoff
         stay closed (their counts may be gone with expired state; the database has them)."""
         for p in self.owned:
-            self.watermark[p] = max(map(touched_ms, self.states.get(p, {}).values()), default=0)
+            self.watermark[p] = max(map(touched_ms, self._states(p).values()), default=0)
             if p in self._swept:
                 self.book.close_before(p, self._swept[p])
-        self.book.rebuild((p, raw) for p in self.owned for raw in self.states.get(p, {}).values())
+        self.book.rebuild((p, raw) for p in self.owned for raw in self._states(p).values())
 
     async def _roll_back(self, parts: set[int]) -> None:
         """After a failed write: state from the changelog, consumption from the committed offsets."""
@@ -542,7 +542,7 @@ class DecisionStage:
         assert consumer is not None
         parts &= self.owned
         for p in parts:
-            self.states.pop(p, None)
+            self._drop_states(p)
             self.changelog_end.pop(p, None)
             self._buffers.pop(p, None)
             self._buffered.pop(p, None)
@@ -563,6 +563,22 @@ class DecisionStage:
                 log.exception("roll back failed; retrying")
                 await asyncio.sleep(1.0)
         self._rebuild_book()
+
+    def _states(self, p: int) -> PartitionStates:
+        """The partition's state store, opened (empty) if there is none yet."""
+        states = self.states.get(p)
+        if states is None:
+            if self.settings.scorer_store.startswith("rocksdb"):
+                states = RocksStates(self.data_dir / "decisions" / f"p{p}")
+            else:
+                states = MemoryStates()
+            self.states[p] = states
+        return states
+
+    def _drop_states(self, p: int) -> None:
+        states = self.states.pop(p, None)
+        if states is not None:
+            states.close()
 
     def _producer(self) -> AIOKafkaProducer:
         if self.producer is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,23 +113,29 @@ async def assert_one_alert_for_the_drifting_pair(database_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kill", "retention_s"),
-    [(True, None), (False, None), (True, 900)],
-    ids=["kill-9", "sigterm", "kill-9-state-expiring"],
+    ("kill", "retention_s", "store"),
+    [(True, None, None), (False, None, None), (True, 900, None), (True, 900, "rocksdb://")],
+    ids=["kill-9", "sigterm", "kill-9-state-expiring", "kill-9-state-expiring-rocksdb"],
 )
 async def test_scorer_stopped_mid_stream_counts_exactly(
     service_env: dict[str, str],
     database_url: str,
     spawn: Callable[..., Service],
+    tmp_path: Path,
     kill: bool,
     retention_s: int | None,
+    store: str | None,
 ) -> None:
     """With ``retention_s`` (15 minutes of event time; the stream spans two hours, no event comes
     more than 10 minutes after its decision) decision state expires and buckets close all along,
-    across the crash too, and the counts must still be exact."""
+    across the crash too, and the counts must still be exact; last, the same with the state in
+    RocksDB instead of memory."""
     env = {**service_env, "MODQ_DATABASE_URL": database_url}
     if retention_s is not None:
         env["MODQ_SCORER_STATE_RETENTION_S"] = str(retention_s)
+    if store is not None:
+        env["MODQ_SCORER_STORE"] = store
+        env["MODQ_SCORER_DATA_DIR"] = str(tmp_path / "scorer-data")
     stream = make_stream(DECISIONS)
     assert len(stream.events) >= EVENTS * 0.99
     await put_on_events_topic(env, stream)

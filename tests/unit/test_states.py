@@ -1,0 +1,27 @@
+"""The two decision-state stores behave the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.scorer.states import MemoryStates, PartitionStates, RocksStates
+
+
+@pytest.mark.parametrize("kind", ["memory", "rocksdb"])
+def test_stores_apply_puts_and_deletes_alike(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "p0"
+    states: PartitionStates = MemoryStates() if kind == "memory" else RocksStates(path)
+    states.write({b"a": b"1", b"b": b"2", b"c": b"3"})
+    states.write({b"b": None, b"c": b"33", b"missing": None})
+    assert states.get(b"a") == b"1" and states.get(b"b") is None and states.get(b"c") == b"33"
+    assert sorted(states.items()) == [(b"a", b"1"), (b"c", b"33")]
+    assert sorted(states.values()) == [b"1", b"33"]
+    assert states.count() in (2, 3)  # RocksDB estimates
+    states.close()
+    assert not path.exists()
+    if kind == "rocksdb":  # opened again: empty, whatever a previous process left
+        again = RocksStates(path)
+        assert again.get(b"a") is None
+        again.close()
