@@ -57,14 +57,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[WireEvent]]:
-    """n upstream events (JSON docs) and their wire forms, in arrival order."""
+def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dict[str, object]], list[WireEvent]]:
+    """n upstream events (JSON docs, unless not kept) and their wire forms, in arrival order."""
     rnd = random.Random(seed)
     docs: list[dict[str, object]] = []
     wires: list[WireEvent] = []
     pending: list[tuple[int, int, dict[str, object], WireEvent]] = []  # a heap: verdicts released later
     i = 0
-    while len(docs) < n:
+    while len(wires) < n:
         t = T0 + i * 5
         did = f"d{i}"
         label, vendor, market = rnd.choice(LABELS), rnd.choice(VENDORS), rnd.choice(MARKETS)
@@ -82,7 +82,8 @@ def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[Wi
             "entity_id": f"x{i}",
         }
         wire: WireEvent = WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
-        docs.append(doc)
+        if keep_docs:
+            docs.append(doc)
         wires.append(wire)
         if i % 20 == 0:  # one verdict per 20 decisions, released 0-3 minutes later (out of order)
             error = rnd.random() < 0.03
@@ -99,7 +100,7 @@ def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[Wi
             heapq.heappush(
                 pending,
                 (
-                    len(docs) + rnd.randrange(0, 36_000),
+                    len(wires) + rnd.randrange(0, 36_000),
                     i * 2,
                     v,
                     WireVerdict(f"v-{did}", did, t + 1000, f"r-{did}", int(error), int(error), "", 1.0),
@@ -117,18 +118,20 @@ def make_events(n: int, seed: int = 1) -> tuple[list[dict[str, object]], list[Wi
             heapq.heappush(
                 pending,
                 (
-                    len(docs) + rnd.randrange(0, 36_000),
+                    len(wires) + rnd.randrange(0, 36_000),
                     i * 2 + 1,
                     a,
                     WireAppeal(f"a-{did}", did, t + 2000, f"p-{did}", 1),
                 ),
             )
         if rnd.random() < 0.02:  # a redelivered decision
-            docs.append(doc)
+            if keep_docs:
+                docs.append(doc)
             wires.append(wire)
-        while pending and pending[0][0] <= len(docs):
+        while pending and pending[0][0] <= len(wires):
             _, _, d, w = heapq.heappop(pending)
-            docs.append(d)
+            if keep_docs:
+                docs.append(d)
             wires.append(w)
         i += 1
     return docs[:n], wires[:n]

@@ -1,0 +1,107 @@
+"""Scorer memory and restart time with many decisions awaiting verdicts, per state store.
+
+The same stream as ``scorer_throughput`` (about 95% decisions, verdicts out of order, appeals,
+duplicates) is put on a local Tansu broker as the compact batches ingest hands the scorer. Then,
+for each store (the in-memory dict first, as the baseline of the same run, then RocksDB):
+  1. the real scorer (`modq scorer`, a separate process) counts the whole stream: events/s and
+     its resident memory at the end;
+  2. it is killed with SIGKILL, 10,000 new events are put on the topic, and a new process
+     recovers the decision state from the changelog: seconds from its start until it has
+     counted the new events.
+
+Run: python bench/scorer_memory.py [--events 10000000] [--partitions 4] [--out docs/perf-memory.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench.scorer_throughput import create_topics, free_port, make_events, produce_more, run_scorer, scorer_env
+from services.common.broker import start_broker
+from services.common.wire import encode_batch, partition_for
+
+
+async def fill_batches(bootstrap: str, topic: str, wires: list, partitions: int) -> None:  # type: ignore[type-arg]
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=8_388_608, acks=1)
+    await producer.start()
+    try:
+        by_partition: dict[int, list] = {}  # type: ignore[type-arg]
+        futures = []
+        for w in wires:
+            p = partition_for(w.decision_id, partitions)
+            batch = by_partition.setdefault(p, [])
+            batch.append(w)
+            if len(batch) >= 2_000:
+                futures.append(await producer.send(topic, encode_batch(by_partition.pop(p)), partition=p))
+        for p, batch in by_partition.items():
+            futures.append(await producer.send(topic, encode_batch(batch), partition=p))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def main_async(args: argparse.Namespace) -> str:
+    workdir = Path(tempfile.mkdtemp(prefix="modq-bench-memory-"))
+    port = free_port()
+    broker = start_broker(port, workdir / "broker.log")
+    bootstrap = f"127.0.0.1:{port}"
+    rows = []
+    try:
+        t = time.perf_counter()
+        _, wires = make_events(args.events, keep_docs=False)
+        decisions = len({w.decision_id for w in wires})
+        topic = "bench.events"
+        await create_topics(bootstrap, {topic: args.partitions})
+        await fill_batches(bootstrap, topic, wires, args.partitions)
+        del wires
+        print(f"generated and produced {args.events:,} events in {time.perf_counter() - t:.1f} s", flush=True)
+        for store in ("memory://", "rocksdb://"):
+            env = scorer_env(bootstrap, topic, args.partitions, workdir)
+            env["MODQ_SCORER_STORE"] = store
+            env["MODQ_SCORER_DATA_DIR"] = str(workdir / f"data-{store[:-3]}")
+            rate, _, rss = run_scorer(env, args.events, workdir, f"scorer-{store[:-3]}.log")
+            print(f"{store}: {rate:,.0f} events/s, RSS {rss / 2**20:,.0f} MiB", flush=True)
+            await produce_more(bootstrap, topic, args.partitions, 10_000)
+            verbose = {**env, "MODQ_LOG_LEVEL": "INFO"}
+            _, restart_s, restart_rss = run_scorer(verbose, 10_000, workdir, f"scorer-{store[:-3]}-restart.log")
+            print(f"{store}: restart {restart_s:.1f} s, RSS after {restart_rss / 2**20:,.0f} MiB", flush=True)
+            rows.append((store, rate, rss, restart_s, restart_rss))
+            args.events += 10_000  # the next scorer counts the new events too
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    table = [
+        "| decision store | events/s | resident memory at the end | restart after kill -9 (until new events"
+        " counted) | resident memory after the restart |",
+        "|---|---|---|---|---|",
+        *(
+            f"| `{store}` | {rate:,.0f} | {rss / 2**20:,.0f} MiB | {restart:.1f} s | {rrss / 2**20:,.0f} MiB |"
+            for store, rate, rss, restart, rrss in rows
+        ),
+    ]
+    return (
+        "\n".join(table)
+        + f"\n\n{decisions:,} distinct decisions in the stream, one scorer process, {args.partitions} partitions.\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    print(result)
+    if args.out:
+        args.out.write_text(result)
+
+
+if __name__ == "__main__":
+    main()
