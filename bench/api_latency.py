@@ -26,6 +26,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from bench.cli import run
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
@@ -237,17 +238,7 @@ async def main_async(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--hours", type=int, default=2)
-    parser.add_argument("--alerts", type=int, default=1_000_000)
-    parser.add_argument("--rate", type=float, default=200)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    result = asyncio.run(main_async(args))
-    print(result)
-    if args.out:
-        args.out.write_text(result)
+    run(main_async, hours=2, alerts=1_000_000, rate=200.0, seconds=15.0)
 
 
 if __name__ == "__main__":

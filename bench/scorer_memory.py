@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.cli import run
 from bench.scorer_throughput import create_topics, free_port, make_events, produce_more, run_scorer, scorer_env
 from services.common.broker import start_broker
 from services.common.wire import encode_batch, partition_for
@@ -92,15 +93,7 @@ async def main_async(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    result = asyncio.run(main_async(args))
-    print(result)
-    if args.out:
-        args.out.write_text(result)
+    run(main_async, events=10_000_000, partitions=4)
 
 
 if __name__ == "__main__":

@@ -360,15 +360,11 @@ async def main_async(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=600_000)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    result = asyncio.run(main_async(args))
-    print(result)
-    if args.out:
-        args.out.write_text(result)
+    if __package__ in (None, ""):  # run as a script (python bench/scorer_throughput.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.cli import run
+
+    run(main_async, events=600_000, partitions=4)
 
 
 if __name__ == "__main__":

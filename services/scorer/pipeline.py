@@ -23,7 +23,7 @@ from services.scorer.join import (
     encode_state,
     new_decision,
 )
-from services.scorer.rates import COUNT_FIELDS, F_DECISIONS, Counts, add_into
+from services.scorer.rates import COUNT_FIELDS, F_DECISIONS, BucketKey, Counts, add_into
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
@@ -81,28 +81,25 @@ class RateBook:
         self.ignored = 0  # changes to closed buckets, dropped
 
     def apply(self, partition: int, deltas: Deltas) -> None:
-        counts, dirty = self.counts, self.dirty
-        horizon = self.horizon.get(partition, -1)
-        for (label, vendor, market, start_ms), delta in deltas.buckets.items():
-            if start_ms < horizon:
-                self.ignored += 1
-                continue
-            key = (partition, label, vendor, market, start_ms)
-            row = counts.get(key)
-            if row is None:
-                row = counts[key] = [0.0] * WIDTH
-            add_into(row, delta)
-            dirty.add(key)
-        for (label, vendor, market, start_ms), n in deltas.decisions.items():
-            if start_ms < horizon:
-                self.ignored += 1
-                continue
-            key = (partition, label, vendor, market, start_ms)
-            row = counts.get(key)
-            if row is None:
-                row = counts[key] = [0.0] * WIDTH
-            row[F_DECISIONS] += n
-            dirty.add(key)
+        for bucket, delta in deltas.buckets.items():
+            if (row := self._open_row(partition, bucket)) is not None:
+                add_into(row, delta)
+        for bucket, n in deltas.decisions.items():
+            if (row := self._open_row(partition, bucket)) is not None:
+                row[F_DECISIONS] += n
+
+    def _open_row(self, partition: int, bucket: BucketKey) -> Counts | None:
+        """The book's row for a bucket, marked dirty; None (and counted) if the bucket is closed."""
+        label, vendor, market, start_ms = bucket
+        if start_ms < self.horizon.get(partition, -1):
+            self.ignored += 1
+            return None
+        key = (partition, label, vendor, market, start_ms)
+        row = self.counts.get(key)
+        if row is None:
+            row = self.counts[key] = [0.0] * WIDTH
+        self.dirty.add(key)
+        return row
 
     def close_before(self, partition: int, horizon_ms: int) -> None:
         """Close a partition's buckets that start before ``horizon_ms`` (it only moves forward).
