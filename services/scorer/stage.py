@@ -19,6 +19,9 @@ over the order of writes, commits and recovery that Faust's agent and table mach
 - If the broker refuses a write, the owned partitions are rolled back to what the changelog
   holds and consumed again from their committed offsets; nothing is acknowledged that is not
   durable.
+- Decision state expires on event time (``_expire``); it lives in memory or in RocksDB
+  (``states.py``), either way refilled from the changelog on assignment. Fetching pauses for a
+  partition whose buffer is full, so a backlog is never read far ahead of what is applied.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import asyncio
 import heapq
 import logging
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -84,7 +88,11 @@ class DecisionStage:
         self.watermark: dict[int, int] = {}
         self._swept: dict[int, int] = {}
         self.retention_ms = int(settings.scorer_state_retention_s * 1000)
-        self.data_dir = Path(settings.scorer_data_dir or f"{settings.scorer_app_id}-data")
+        # RocksDB stores under a directory of this process: two workers sharing a data directory
+        # never open (or wipe) each other's store for a partition moving between them.
+        self._rocks_dir = (
+            Path(settings.scorer_data_dir or f"{settings.scorer_app_id}-data") / "decisions" / str(os.getpid())
+        )
         self.owned: set[int] = set()
         # events partition -> (next offset to process, monotonic time it last advanced)
         self.progress: dict[int, tuple[int, float]] = {}
@@ -108,6 +116,7 @@ class DecisionStage:
 
     async def start(self) -> None:
         s = self.settings
+        remove_stores_of_dead_processes(self._rocks_dir.parent)
         self.producer = make_producer(s, linger_ms=0, max_batch_size=1_048_576)
         await self.producer.start()
         self.consumer = make_consumer(
@@ -569,7 +578,7 @@ class DecisionStage:
         states = self.states.get(p)
         if states is None:
             if self.settings.scorer_store.startswith("rocksdb"):
-                states = RocksStates(self.data_dir / "decisions" / f"p{p}")
+                states = RocksStates(self._rocks_dir / f"p{p}")
             else:
                 states = MemoryStates()
             self.states[p] = states
@@ -584,6 +593,19 @@ class DecisionStage:
         if self.producer is None:
             raise RuntimeError("stage not started")
         return self.producer
+
+
+def remove_stores_of_dead_processes(root: Path) -> None:
+    """Delete the state stores left by scorer processes that are gone (they are refilled anyway)."""
+    for path in root.glob("*") if root.is_dir() else []:
+        if not path.name.isdigit() or int(path.name) == os.getpid():
+            continue
+        try:
+            os.kill(int(path.name), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -25,3 +25,16 @@ def test_stores_apply_puts_and_deletes_alike(kind: str, tmp_path: Path) -> None:
         again = RocksStates(path)
         assert again.get(b"a") is None
         again.close()
+
+
+def test_stores_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+
+    from services.scorer.stage import remove_stores_of_dead_processes
+
+    dead, mine, other = tmp_path / "99999999", tmp_path / str(os.getpid()), tmp_path / "notes"
+    for path in (dead, mine, other):
+        (path / "p0").mkdir(parents=True)
+    remove_stores_of_dead_processes(tmp_path)
+    assert not dead.exists() and mine.exists() and other.exists()
+    remove_stores_of_dead_processes(tmp_path / "missing")  # no directory yet: nothing to do
