@@ -15,7 +15,6 @@ import msgspec
 
 from services.common.wire import WireAppeal, WireDecision, WireEvent, WireVerdict
 from services.scorer.rates import (
-    BUCKET_MS,
     ERROR_TYPE_FIELD,
     F_APPEALS,
     F_DECISIONS,
@@ -133,8 +132,7 @@ class Deltas:
         return row
 
     def decision(self, attrs: DecisionAttrs) -> None:
-        t_ms = attrs.t_ms
-        key = (attrs.policy_label, attrs.vendor_id, attrs.market, t_ms - t_ms % BUCKET_MS)
+        key = (attrs.policy_label, attrs.vendor_id, attrs.market, bucket_start(attrs.t_ms))
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
     def verdict(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
@@ -188,10 +186,9 @@ def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
 
 def new_decision(ev: WireDecision, deltas: Deltas) -> DecisionState:
     """The state of a decision seen first (the common case, so kept to the least work)."""
-    t_ms = ev.t_ms
-    key = (ev.policy_label, ev.vendor_id, ev.market, t_ms - t_ms % BUCKET_MS)
-    deltas.decisions[key] = deltas.decisions.get(key, 0) + 1
-    return DecisionState(DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, t_ms), None, None, t_ms)
+    attrs = DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, ev.t_ms)
+    deltas.decision(attrs)
+    return DecisionState(attrs, None, None, ev.t_ms)
 
 
 def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> tuple[DecisionState, bool]:

@@ -90,11 +90,10 @@ class RateBook:
 
     def _open_row(self, partition: int, bucket: BucketKey) -> Counts | None:
         """The book's row for a bucket, marked dirty; None (and counted) if the bucket is closed."""
-        label, vendor, market, start_ms = bucket
-        if start_ms < self.horizon.get(partition, -1):
+        key = (partition, *bucket)
+        if self._closed(key):
             self.ignored += 1
             return None
-        key = (partition, label, vendor, market, start_ms)
         row = self.counts.get(key)
         if row is None:
             row = self.counts[key] = [0.0] * WIDTH
@@ -118,11 +117,15 @@ class RateBook:
             del self.counts[key]
         return len(gone)
 
-    def rebuild(self, records: Iterable[tuple[int, bytes]]) -> None:
-        """Recompute every open bucket from (partition, encoded decision state) records."""
+    def rebuild(self, records: Iterable[tuple[int, bytes]]) -> dict[int, int]:
+        """Recompute every open bucket from (partition, encoded decision state) records; returns
+        each partition's newest ``touched_ms`` (read on the same pass)."""
         by_partition: dict[int, Deltas] = {}
+        newest: dict[int, int] = {}
         for partition, raw in records:
-            add_contribution(decode_state(raw), by_partition.setdefault(partition, Deltas()))
+            state = decode_state(raw)
+            add_contribution(state, by_partition.setdefault(partition, Deltas()))
+            newest[partition] = max(state.touched_ms, newest.get(partition, 0))
         closed_unwritten = {k: v for k, v in self.counts.items() if k in self.dirty and self._closed(k)}
         self.counts.clear()
         ignored = self.ignored
@@ -131,6 +134,7 @@ class RateBook:
         self.ignored = ignored  # closed buckets skipped by a rebuild are not dropped changes
         self.counts.update(closed_unwritten)  # complete when closed, still to be written
         self.dirty = set(self.counts)
+        return newest
 
     def _closed(self, key: BookKey) -> bool:
         return key[4] < self.horizon.get(key[0], -1)

@@ -540,10 +540,11 @@ class DecisionStage:
         """The book from the state, after a recovery: buckets closed by the recovered sweep cutoff
         stay closed (their counts may be gone with expired state; the database has them)."""
         for p in self.owned:
-            self.watermark[p] = max(map(touched_ms, self._states(p).values()), default=0)
             if p in self._swept:
                 self.book.close_before(p, self._swept[p])
-        self.book.rebuild((p, raw) for p in self.owned for raw in self._states(p).values())
+        newest = self.book.rebuild((p, raw) for p in self.owned for raw in self._states(p).values())
+        for p in self.owned:
+            self.watermark[p] = newest.get(p, 0)
 
     async def _roll_back(self, parts: set[int]) -> None:
         """After a failed write: state from the changelog, consumption from the committed offsets."""
