@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def iso_ms(t_ms: int) -> str:
+    """Epoch milliseconds as the schemas' RFC 3339 event time."""
+    return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dict[str, object]], list[WireEvent]]:
     """n upstream events (JSON docs, unless not kept) and their wire forms, in arrival order."""
     rnd = random.Random(seed)
@@ -71,7 +77,7 @@ def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dic
         doc = {
             "schema_version": 1,
             "event_id": f"e-{did}",
-            "event_time": t,
+            "event_time": iso_ms(t),
             "decision_id": did,
             "policy_label": label,
             "vendor_id": vendor,
@@ -90,7 +96,7 @@ def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dic
             v = {
                 "schema_version": 1,
                 "event_id": f"v-{did}",
-                "event_time": t + 1000,
+                "event_time": iso_ms(t + 1000),
                 "verdict_id": f"r-{did}",
                 "decision_id": did,
                 "reviewer_id": "qa",
@@ -110,7 +116,7 @@ def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dic
             a = {
                 "schema_version": 1,
                 "event_id": f"a-{did}",
-                "event_time": t + 2000,
+                "event_time": iso_ms(t + 2000),
                 "appeal_id": f"p-{did}",
                 "decision_id": did,
                 "outcome": "OVERTURNED",

@@ -67,13 +67,16 @@ def to_ms(event: Decision | Verdict | Appeal) -> int:
     return int(event.event_time.timestamp() * 1000)
 
 
-def encode_event(event: Decision | Verdict | Appeal) -> WireEvent:
-    """Normalise a validated upstream event into its compact wire form."""
+def encode_event(event: Decision | Verdict | Appeal, t_ms: int | None = None) -> WireEvent:
+    """Normalise a validated upstream event into its compact wire form (``t_ms``: its event time
+    in epoch milliseconds, when the caller has it already)."""
+    if t_ms is None:
+        t_ms = to_ms(event)
     if isinstance(event, Decision):
         return WireDecision(
             event.event_id,
             event.decision_id,
-            to_ms(event),
+            t_ms,
             event.policy_label,
             event.vendor_id,
             event.market,
@@ -86,14 +89,14 @@ def encode_event(event: Decision | Verdict | Appeal) -> WireEvent:
         return WireVerdict(
             event.event_id,
             event.decision_id,
-            to_ms(event),
+            t_ms,
             event.verdict_id,
             _VERDICT_IDX[event.verdict],
             _ERROR_IDX[event.error_type],
             event.supersedes_verdict_id or "",
             weight,
         )
-    return WireAppeal(event.event_id, event.decision_id, to_ms(event), event.appeal_id, _OUTCOME_IDX[event.outcome])
+    return WireAppeal(event.event_id, event.decision_id, t_ms, event.appeal_id, _OUTCOME_IDX[event.outcome])
 
 
 def encode_batch(events: list[WireEvent]) -> bytes:

@@ -6,13 +6,19 @@ the obvious redeliveries. Pure, no I/O.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 
 class RecentIds:
+    """The oldest id is forgotten first. An OrderedDict, not a dict: deleting a plain dict's first
+    key leaves a hole that the next ``next(iter(d))`` walks over, so evicting that way costs time
+    growing with the holes (it was 40% of ingest's CPU at 20k events/s)."""
+
     __slots__ = ("_ids", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: dict[str, None] = {}
+        self._ids: OrderedDict[str, None] = OrderedDict()
 
     def seen(self, event_id: str) -> bool:
         """True if event_id was seen recently; otherwise remember it and return False."""
@@ -20,7 +26,7 @@ class RecentIds:
             return True
         self._ids[event_id] = None
         if len(self._ids) > self.capacity:
-            del self._ids[next(iter(self._ids))]
+            self._ids.popitem(last=False)
         return False
 
     def __len__(self) -> int:

@@ -76,16 +76,21 @@ class Router:
     def route(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]], now_ms: int) -> Outcome:
         s = self.settings
         out = Outcome(defaultdict(list), [])
+        counts: dict[tuple[str, str], int] = defaultdict(int)  # (type, outcome): one metric update per poll
+        seen, batches = self.recent.seen, out.batches
         for kind, rec in records:
             raw = rec.value if rec.value is not None else b""
             result = validate_record(
                 kind, raw, now_ms=now_ms, max_bytes=s.max_record_bytes, max_future_skew_ms=s.max_future_skew_s * 1000
             )
-            if not isinstance(result, Rejected) and (late := self.watermarks.observe(kind, to_ms(result))):
-                result = late
+            t_ms = 0
+            if not isinstance(result, Rejected):
+                t_ms = to_ms(result)
+                if late := self.watermarks.observe(kind, t_ms):
+                    result = late
             if isinstance(result, Rejected):
                 out.deadletters.append((rec, kind, result))
-                self.metrics.events.labels(kind, "dead_lettered").inc()
+                counts[(kind, "dead_lettered")] += 1
                 self.metrics.deadletters.labels(kind, result.reason).inc()
                 log.info(
                     "dead-lettered",
@@ -97,12 +102,14 @@ class Router:
                     },
                 )
                 continue
-            if self.recent.seen(result.event_id):
+            if seen(result.event_id):
                 out.duplicates += 1
-                self.metrics.events.labels(kind, "duplicate").inc()
+                counts[(kind, "duplicate")] += 1
                 continue
-            self.metrics.events.labels(kind, "accepted").inc()
-            out.batches[partition_for(result.decision_id, s.partitions)].append(encode_event(result))
+            counts[(kind, "accepted")] += 1
+            batches[partition_for(result.decision_id, s.partitions)].append(encode_event(result, t_ms))
+        for (kind, outcome), n in counts.items():
+            self.metrics.events.labels(kind, outcome).inc(n)
         return out
 
 
@@ -190,14 +197,13 @@ class IngestService:
 
     async def _run(self) -> None:
         assert self.consumer is not None
+        kinds = self.settings.input_topics
         while not self._stopping.is_set():
             polled = await self.consumer.getmany(timeout_ms=500, max_records=self.settings.ingest_batch_max_events)
             if not polled:
                 self.metrics.last_processed.set(time.time())
                 continue
-            await self.process(
-                [(self.settings.input_topics[tp.topic], rec) for tp, recs in polled.items() for rec in recs]
-            )
+            await self.process([(kinds[tp.topic], rec) for tp, recs in polled.items() for rec in recs])
             for tp, recs in polled.items():
                 highwater = self.consumer.highwater(tp)
                 if highwater is not None and recs:
