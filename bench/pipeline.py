@@ -17,7 +17,7 @@ errors on a fresh pair, timed from its publication until the drift alert is on t
 The baseline, measured in the same run after the pipeline: a raw aiokafka consumer decoding the
 upstream decisions topic with orjson.
 
-Run: python -m bench.pipeline [--rate 50000] [--seconds 300] [--probes 0] [--out docs/perf-pipeline.md]
+Run: python -m bench.pipeline [--rate 50000] [--seconds 300] [--probes 0] [--env NAME=value,...] [--out F]
 """
 
 from __future__ import annotations
@@ -320,7 +320,10 @@ async def drop_database(name: str) -> None:
         await admin.close()
 
 
-def service_env(bootstrap: str, database_url: str, workdir: Path, tag: str, ports: dict[str, int]) -> dict[str, str]:
+def service_env(
+    bootstrap: str, database_url: str, workdir: Path, tag: str, ports: dict[str, int], extra: str = ""
+) -> dict[str, str]:
+    """The services' environment; ``extra``: "NAME=value,NAME=value" settings on top (--env)."""
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODQ_")},
         "MODQ_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -339,6 +342,7 @@ def service_env(bootstrap: str, database_url: str, workdir: Path, tag: str, port
         "MODQ_BASELINE_MODE": "sla",
         "MODQ_ARL0": "100000",
         "MODQ_LOG_LEVEL": "WARNING",
+        **dict(item.split("=", 1) for item in extra.split(",") if item),
     }
 
 
@@ -371,7 +375,7 @@ async def main_async(args: argparse.Namespace) -> str:
     broker = start_broker(port, workdir / "broker.log")
     db_name, database_url = await create_database()
     ports = {"scorer": free_port(), "ingest": free_port(), "api": free_port()}
-    env = service_env(bootstrap, database_url, workdir, tag, ports)
+    env = service_env(bootstrap, database_url, workdir, tag, ports, args.env)
     procs = {
         "ingest": start(["ingest"], env, workdir / "ingest.log"),
         "api": start(["api"], env, workdir / "api.log"),
@@ -403,14 +407,18 @@ async def main_async(args: argparse.Namespace) -> str:
             if args.probes
             else None
         )
+        last, last_cpu = t0, dict(cpu0)
         while gen.is_alive():
             await asyncio.sleep(5)
             handled, accepted, scored = await counters(client, ports)
             samples.append((time.monotonic() - t0, published.value + producer.events, handled, accepted, scored))
             s = samples[-1]
+            cpu = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            cores = "  ".join(f"{k} {(cpu[k] - last_cpu[k]) / (t0 + s[0] - last):.2f}" for k in cpu)
+            last, last_cpu = t0 + s[0], cpu
             print(
                 f"{s[0]:6.0f} s  published {s[1]:>10,}  ingest lag {s[1] - s[2]:>9,.0f}"
-                f"  scorer lag {s[3] - s[4]:>9,.0f}",
+                f"  scorer lag {s[3] - s[4]:>9,.0f}  cores: {cores}",
                 flush=True,
             )
         load_s = time.monotonic() - t0
@@ -503,7 +511,7 @@ def report(
 
 
 def main() -> None:
-    run(main_async, rate=50_000.0, seconds=300.0, probes=0)
+    run(main_async, rate=50_000.0, seconds=300.0, probes=0, env="")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,19 @@ for each store (the in-memory dict first, as the baseline of the same run, then 
      recovers the decision state from the changelog: seconds from its start until it has
      counted the new events.
 
-Run: python bench/scorer_memory.py [--events 10000000] [--partitions 4] [--out docs/perf-memory.md]
+Run: python -m bench.scorer_memory [--events 10000000] [--partitions 4] [--out docs/perf-memory.md]
+
+Where the memory goes: ``--stores rocksdb:// --memray /tmp/scorer.memray`` runs the scorer under
+memray (``pip install memray``) and prints the allocations alive at its high-water mark by place
+(``memray summary``); the restart is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,12 +68,19 @@ async def main_async(args: argparse.Namespace) -> str:
         await fill_batches(bootstrap, topic, wires, args.partitions)
         del wires
         print(f"generated and produced {args.events:,} events in {time.perf_counter() - t:.1f} s", flush=True)
-        for store in ("memory://", "rocksdb://"):
+        for store in args.stores.split(","):
             env = scorer_env(bootstrap, topic, args.partitions, workdir)
             env["MODQ_SCORER_STORE"] = store
             env["MODQ_SCORER_DATA_DIR"] = str(workdir / f"data-{store[:-3]}")
-            rate, _, rss = run_scorer(env, args.events, workdir, f"scorer-{store[:-3]}.log")
+            memray = Path(args.memray) if args.memray else None
+            rate, _, rss = run_scorer(env, args.events, workdir, f"scorer-{store[:-3]}.log", memray)
             print(f"{store}: {rate:,.0f} events/s, RSS {rss / 2**20:,.0f} MiB", flush=True)
+            if memray:
+                summary = [str(Path(sys.executable).parent / "memray"), "summary", "-r", "40", str(memray)]
+                done = await asyncio.to_thread(subprocess.run, summary, capture_output=True, text=True, check=False)
+                print(done.stdout, flush=True)
+                rows.append((store, rate, rss, float("nan"), 0))
+                continue
             await produce_more(bootstrap, topic, args.partitions, 10_000)
             verbose = {**env, "MODQ_LOG_LEVEL": "INFO"}
             _, restart_s, restart_rss = run_scorer(verbose, 10_000, workdir, f"scorer-{store[:-3]}-restart.log")
@@ -93,7 +106,7 @@ async def main_async(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    run(main_async, events=10_000_000, partitions=4)
+    run(main_async, events=10_000_000, partitions=4, stores="memory://,rocksdb://", memray="")
 
 
 if __name__ == "__main__":

@@ -258,17 +258,22 @@ def scorer_env(bootstrap: str, topic: str, partitions: int, workdir: Path) -> di
     }
 
 
-def run_scorer(env: dict[str, str], expect: int, workdir: Path, log: str) -> tuple[float, float, float]:
+def run_scorer(
+    env: dict[str, str], expect: int, workdir: Path, log: str, memray: Path | None = None
+) -> tuple[float, float, float]:
     """Start the scorer and wait until it has counted ``expect`` events.
 
     Returns (events/s from the first event counted to the last, seconds from the start of the
     process to the last event counted, resident bytes). The process is killed with SIGKILL at the
     end, as a crash would, so the next run with the same env recovers from the changelog.
+    ``memray``: run it under memray's tracker writing there (stopped with SIGTERM instead, so the
+    tracker can write its report).
     """
     port = env["MODQ_SCORER_WEB_PORT"]
     started = time.perf_counter()
+    tracker = [str(Path(sys.executable).parent / "memray"), "run", "--aggregate", "-f", "-o", str(memray)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "scorer"],
+        [*(tracker if memray else [sys.executable]), "-m", "services.cli", "scorer"],
         env=env,
         stdout=open(workdir / log, "wb"),  # noqa: SIM115 - owned by the child
         stderr=subprocess.STDOUT,
@@ -293,6 +298,9 @@ def run_scorer(env: dict[str, str], expect: int, workdir: Path, log: str) -> tup
                 return rate, now - started, rss
         raise RuntimeError(f"scorer did not finish; see {workdir / log}")
     finally:
+        if memray:
+            proc.terminate()
+            proc.wait(300)
         proc.kill()
         proc.wait(30)
 

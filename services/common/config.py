@@ -165,7 +165,7 @@ class ScorerSettings(CommonSettings):
             resolve_threshold=self.resolve_threshold,
         )
 
-    flush_interval_s: float = Field(1.0, gt=0)
+    flush_interval_s: float = Field(0.5, gt=0, description="changed rate buckets are written this often")
     scorer_partition_fetch_bytes: int = Field(
         262_144, ge=65_536, description="per-partition fetch size of the events consumer (keeps partitions in step)"
     )
@@ -198,7 +198,7 @@ class ApiSettings(CommonSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_read_requires_key: bool = Field(False, description="reads need a viewer key too (writes always need a key)")
-    api_rates_cache_s: float = Field(1.0, ge=0, description="identical /v1/rates requests for now share an answer")
+    api_rates_cache_s: float = Field(0.5, ge=0, description="identical /v1/rates requests for now share an answer")
 
 
 class NotifierSettings(CommonSettings):
