@@ -182,9 +182,22 @@ def generator_process(*args: Any) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds of a running process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User plus system CPU seconds of a running process (0 once it is gone);
+    pid 0: every PostgreSQL process on the machine together."""
+    if pid == 0:
+        return sum(cpu_seconds(int(p.name)) for p in Path("/proc").iterdir() if _is_postgres(p))
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def _is_postgres(proc: Path) -> bool:
+    try:
+        return proc.name.isdigit() and (proc / "comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
 
 
 @dataclass
@@ -397,11 +410,12 @@ async def main_async(args: argparse.Namespace) -> str:
         ts = iso_now()
         await producer.send_and_wait(TOPICS["decision"], decision(f"{tag}-ready".encode(), ts, "READY", "READY"))
         await wait_for(lambda: rates(api, policy_label="READY"), 180, "the pipeline to count a first decision")
-        pids = {"broker": broker.pid, **{k: p.pid for k, p in procs.items()}}
+        pids = {"broker": broker.pid, **{k: p.pid for k, p in procs.items()}, "postgresql": 0}
         cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
         cpu0["bench (probes, sampling)"] = cpu_seconds(os.getpid())
         gen.start()
         t0 = time.monotonic()
+        pids["load generator"], cpu0["load generator"] = gen.pid or -1, 0.0
         probes_task = (
             asyncio.create_task(probe_freshness(producer, api, "quality.alerts", bootstrap, args.seconds, tag))
             if args.probes
@@ -422,7 +436,7 @@ async def main_async(args: argparse.Namespace) -> str:
                 flush=True,
             )
         load_s = time.monotonic() - t0
-        cpu1 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+        cpu1 = {k: cpu_seconds(pid) for k, pid in pids.items() if k != "load generator"}  # it has exited
         cpu1["bench (probes, sampling)"] = cpu_seconds(os.getpid())
         probes = await probes_task if probes_task else None
         total, unique = published.value, decisions.value

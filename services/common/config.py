@@ -115,7 +115,7 @@ class IngestSettings(CommonSettings):
     max_record_bytes: int = 65_536
     max_future_skew_s: int = 300
     late_grace_s: int = Field(21_600, ge=0, description="events this far behind their stream's newest are late")
-    ingest_batch_max_events: int = 2_000
+    ingest_batch_max_events: int = Field(10_000, ge=1, description="records per poll of the upstream topics")
     ingest_dedup_cache_size: int = 500_000
     ingest_http_max_events: int = 10_000
     ingest_http_max_body_bytes: int = Field(8_388_608, ge=1024, description="larger request bodies get 413")

@@ -16,6 +16,26 @@ from services.scorer.rates import COUNT_FIELDS, Counts
 BucketRow = tuple[int, str, str, str, int, Counts]
 """(partition, policy_label, vendor_id, market, bucket_start_ms, counts)."""
 
+UPSERT_CHUNK_ROWS = 5_000
+
+
+def _bucket_values(rows: list[BucketRow], now: datetime) -> list[dict[str, object]]:
+    return [
+        {
+            "partition": p,
+            "policy_label": label,
+            "vendor_id": vendor,
+            "market": market,
+            "bucket_start": datetime.fromtimestamp(start_ms / 1000, tz=UTC),
+            "updated_at": now,
+            **{
+                name: (counts[i] if name.startswith("weighted") else int(counts[i]))
+                for i, name in enumerate(COUNT_FIELDS)
+            },
+        }
+        for p, label, vendor, market, start_ms, counts in rows
+    ]
+
 
 class DbSink:
     """Writes rate buckets and alert states; every write can be repeated without changing the result."""
@@ -24,23 +44,10 @@ class DbSink:
         self.engine = engine
 
     async def upsert_buckets(self, rows: Iterable[BucketRow]) -> int:
-        now = datetime.now(tz=UTC)
-        values = [
-            {
-                "partition": p,
-                "policy_label": label,
-                "vendor_id": vendor,
-                "market": market,
-                "bucket_start": datetime.fromtimestamp(start_ms / 1000, tz=UTC),
-                "updated_at": now,
-                **{
-                    name: (counts[i] if name.startswith("weighted") else int(counts[i]))
-                    for i, name in enumerate(COUNT_FIELDS)
-                },
-            }
-            for p, label, vendor, market, start_ms, counts in rows
-        ]
-        if not values:
+        """Write rows in one transaction, a chunk of parameter sets at a time: the parameters of a
+        flush after a backlog (hundreds of thousands of rows) built at once took a gigabyte."""
+        rows = list(rows)
+        if not rows:
             return 0
         # One statement, executed for many parameter sets: compiled once and cached (a multi-row
         # VALUES clause is compiled anew for every flush, which cost half the scorer's time).
@@ -49,9 +56,11 @@ class DbSink:
             index_elements=["policy_label", "vendor_id", "market", "bucket_start", "partition"],
             set_={name: stmt.excluded[name] for name in (*COUNT_FIELDS, "updated_at")},
         )
+        now = datetime.now(tz=UTC)
         async with self.engine.begin() as conn:
-            await conn.execute(stmt, values)
-        return len(values)
+            for i in range(0, len(rows), UPSERT_CHUNK_ROWS):
+                await conn.execute(stmt, _bucket_values(rows[i : i + UPSERT_CHUNK_ROWS], now))
+        return len(rows)
 
     async def upsert_alert(self, event: AlertEvent) -> None:
         row = {
