@@ -103,7 +103,8 @@ class DecisionStage:
         self._buffers: dict[int, deque[Pending]] = {}
         self._buffered: dict[int, int] = {}  # events waiting in each partition's buffer
         self._fetched_to: dict[int, int] = {}
-        self._events_per_record = 1.0  # mean events per fetched record (a moving average)
+        # Mean events per fetched record (a moving average); until measured, assume large batches.
+        self._events_per_record = MAX_BUFFERED_EVENTS / 4
         self._blocked_since: float | None = None
         self._generation = 0
         # Rounds applied in memory and still becoming durable, oldest first, with their partitions.
