@@ -18,10 +18,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import IngestSettings
+from services.common.events import Appeal, Decision, Verdict
 from services.common.kafka import BrokerWatch, ensure_topics, make_consumer, make_producer
-from services.common.wire import WireEvent, encode_batch, encode_event, partition_for, to_ms
+from services.common.wire import WireEvent, encode_batch, encode_event, partition_for
 from services.ingest.dedup import RecentIds
-from services.ingest.validate import Rejected, Watermarks, validate_record
+from services.ingest.validate import Rejected, Watermarks, validate_timed
 
 log = logging.getLogger("modq.ingest")
 
@@ -80,12 +81,13 @@ class Router:
         seen, batches = self.recent.seen, out.batches
         for kind, rec in records:
             raw = rec.value if rec.value is not None else b""
-            result = validate_record(
+            timed = validate_timed(
                 kind, raw, now_ms=now_ms, max_bytes=s.max_record_bytes, max_future_skew_ms=s.max_future_skew_s * 1000
             )
-            t_ms = 0
-            if not isinstance(result, Rejected):
-                t_ms = to_ms(result)
+            if isinstance(timed, Rejected):
+                result: Decision | Verdict | Appeal | Rejected = timed
+            else:
+                result, t_ms = timed
                 if late := self.watermarks.observe(kind, t_ms):
                     result = late
             if isinstance(result, Rejected):

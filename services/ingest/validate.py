@@ -37,6 +37,15 @@ def validate_record(
     kind: str, raw: bytes, *, now_ms: int, max_bytes: int, max_future_skew_ms: int
 ) -> Decision | Verdict | Appeal | Rejected:
     """Decode and check one record of the given kind ("decision", "verdict", "appeal")."""
+    result = validate_timed(kind, raw, now_ms=now_ms, max_bytes=max_bytes, max_future_skew_ms=max_future_skew_ms)
+    return result if isinstance(result, Rejected) else result[0]
+
+
+def validate_timed(
+    kind: str, raw: bytes, *, now_ms: int, max_bytes: int, max_future_skew_ms: int
+) -> tuple[Decision | Verdict | Appeal, int] | Rejected:
+    """``validate_record``, returning the event with its event time in epoch milliseconds
+    (converted once: the conversion was a tenth of ingest's time when done three times)."""
     if len(raw) > max_bytes:
         return Rejected("oversized", f"record is {len(raw)} bytes, the limit is {max_bytes}")
     decoder = _decoders.get(kind)
@@ -52,7 +61,8 @@ def validate_record(
         return Rejected("invalid_json", "JSON nested too deeply")
     except UnicodeDecodeError as exc:  # invalid UTF-8 inside a string (found by the fuzz test)
         return Rejected("invalid_json", f"not valid UTF-8: {exc.reason} at byte {exc.start}")
-    if to_ms(event) > now_ms + max_future_skew_ms:
+    t_ms = to_ms(event)
+    if t_ms > now_ms + max_future_skew_ms:
         return Rejected("future_event_time", f"event_time {event.event_time.isoformat()} is in the future")
     if (
         isinstance(event, Verdict)
@@ -60,7 +70,7 @@ def validate_record(
         and (event.verdict == "CORRECT") != (event.error_type == "NONE")
     ):
         return Rejected("inconsistent", f"verdict {event.verdict} does not agree with error_type {event.error_type}")
-    return event
+    return event, t_ms
 
 
 def _schema_rejection(raw: bytes, message: str) -> Rejected:
