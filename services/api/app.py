@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
@@ -63,6 +64,23 @@ class RateItem(BaseModel):
 
 class RateList(BaseModel):
     items: list[RateItem]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A background refresh's failure is seen by whoever awaits it, or by nobody: not an error log."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass
+class RatesEntry:
+    """One cached ``/v1/rates`` answer for "now": served until ``fresh_until``, and after that
+    still served (stale) while one recomputation runs, so no request waits for a recomputation
+    once a first answer exists."""
+
+    fresh_until: float = 0.0
+    answer: RateList | None = None
+    refreshing: asyncio.Task[RateList] | None = None
 
 
 class AlertItem(BaseModel):
@@ -412,30 +430,48 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     ) -> RateList:
         """Error rates per (policy_label, vendor_id) over event-time windows, with Wilson 95% intervals.
 
-        Answers for "now" (no ``as_of``) are shared for ``MODQ_API_RATES_CACHE_S`` seconds between
-        identical requests, computed once however many arrive meanwhile.
+        Answers for "now" (no ``as_of``) are shared between identical requests: one computation
+        per ``MODQ_API_RATES_CACHE_S`` seconds, and while it runs the previous answer is served.
         """
         if as_of is None and settings.api_rates_cache_s > 0:
             key = (policy_label, vendor_id, market, window, by_market)
-            hit = rates_cache.get(key)
-            if hit is not None and hit[0] > time.monotonic():
-                return await hit[1]
-            pending: asyncio.Future[RateList] = asyncio.get_running_loop().create_future()
-            rates_cache[key] = (time.monotonic() + settings.api_rates_cache_s, pending)
-            try:
-                result = await compute_rates(engine, policy_label, vendor_id, market, window, by_market, None)
-            except BaseException as exc:
-                rates_cache.pop(key, None)
-                pending.set_exception(exc)
-                pending.exception()  # retrieved: waiters get it, nobody is left with an unread one
-                raise
-            pending.set_result(result)
-            if len(rates_cache) > 10_000:
-                rates_cache.clear()
-            return result
+            entry = rates_cache.get(key)
+            if entry is None:
+                if len(rates_cache) >= 10_000:
+                    rates_cache.clear()
+                entry = rates_cache[key] = RatesEntry()
+            now = time.monotonic()
+            if now >= entry.fresh_until and entry.refreshing is None:
+                entry.fresh_until = now + settings.api_rates_cache_s
+                entry.refreshing = asyncio.create_task(
+                    refresh_rates(entry, engine, policy_label, vendor_id, market, window, by_market)
+                )
+                entry.refreshing.add_done_callback(_retrieve)
+            if entry.answer is not None:
+                return entry.answer  # (stale by at most the cache time plus one computation)
+            assert entry.refreshing is not None
+            return await asyncio.shield(entry.refreshing)  # the first answer: every caller waits for it
         return await compute_rates(engine, policy_label, vendor_id, market, window, by_market, as_of)
 
-    rates_cache: dict[tuple[object, ...], tuple[float, asyncio.Future[RateList]]] = {}
+    async def refresh_rates(
+        entry: RatesEntry,
+        engine: AsyncEngine,
+        policy_label: str | None,
+        vendor_id: str | None,
+        market: str | None,
+        window: Window | None,
+        by_market: bool,
+    ) -> RateList:
+        try:
+            entry.answer = await compute_rates(engine, policy_label, vendor_id, market, window, by_market, None)
+            return entry.answer
+        except BaseException:
+            entry.fresh_until, entry.answer = 0.0, None  # nothing stale after a failure: the next request retries
+            raise
+        finally:
+            entry.refreshing = None
+
+    rates_cache: dict[tuple[object, ...], RatesEntry] = {}
 
     async def compute_rates(
         engine: AsyncEngine,

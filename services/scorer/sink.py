@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, case, not_
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,6 +18,21 @@ BucketRow = tuple[int, str, str, str, int, Counts]
 """(partition, policy_label, vendor_id, market, bucket_start_ms, counts)."""
 
 UPSERT_CHUNK_ROWS = 5_000
+_BUCKET_KEY = ("policy_label", "vendor_id", "market", "bucket_start", "partition")
+_BUCKET_COLUMNS = (*_BUCKET_KEY, *COUNT_FIELDS, "updated_at")
+
+
+def _quoted(columns: Iterable[str]) -> str:
+    return ", ".join(f'"{c}"' for c in columns)
+
+
+PG_UPSERT_BUCKETS = (
+    f"INSERT INTO rate_buckets ({_quoted(_BUCKET_COLUMNS)})"
+    f" VALUES ({', '.join(f'${i + 1}' for i in range(len(_BUCKET_COLUMNS)))})"
+    f" ON CONFLICT ({_quoted(_BUCKET_KEY)}) DO UPDATE SET "
+    + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*COUNT_FIELDS, "updated_at"))
+)
+"""The bucket upsert for asyncpg's executemany: parameters encoded in C, not by SQLAlchemy."""
 
 
 def _bucket_values(rows: list[BucketRow], now: datetime) -> list[dict[str, object]]:
@@ -37,6 +53,21 @@ def _bucket_values(rows: list[BucketRow], now: datetime) -> list[dict[str, objec
     ]
 
 
+def _bucket_records(rows: list[BucketRow], now: datetime) -> list[tuple[object, ...]]:
+    return [
+        (
+            label,
+            vendor,
+            market,
+            datetime.fromtimestamp(start_ms / 1000, tz=UTC),
+            p,
+            *(c if name.startswith("weighted") else int(c) for name, c in zip(COUNT_FIELDS, counts, strict=True)),
+            now,
+        )
+        for p, label, vendor, market, start_ms, counts in rows
+    ]
+
+
 class DbSink:
     """Writes rate buckets and alert states; every write can be repeated without changing the result."""
 
@@ -49,6 +80,9 @@ class DbSink:
         rows = list(rows)
         if not rows:
             return 0
+        if self.engine.dialect.name == "postgresql":
+            await self._pg_upsert_buckets(rows)
+            return len(rows)
         # One statement, executed for many parameter sets: compiled once and cached (a multi-row
         # VALUES clause is compiled anew for every flush, which cost half the scorer's time).
         stmt = insert_for(self.engine, rate_buckets)
@@ -61,6 +95,16 @@ class DbSink:
             for i in range(0, len(rows), UPSERT_CHUNK_ROWS):
                 await conn.execute(stmt, _bucket_values(rows[i : i + UPSERT_CHUNK_ROWS], now))
         return len(rows)
+
+    async def _pg_upsert_buckets(self, rows: list[BucketRow]) -> None:
+        """On PostgreSQL, straight through asyncpg, in one transaction. SQLAlchemy's per-row parameter processing cost more CPU than the database's own work."""
+        now = datetime.now(tz=UTC)
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            pg: Any = raw.driver_connection
+            async with pg.transaction():
+                for i in range(0, len(rows), UPSERT_CHUNK_ROWS):
+                    await pg.executemany(PG_UPSERT_BUCKETS, _bucket_records(rows[i : i + UPSERT_CHUNK_ROWS], now))
 
     async def upsert_alert(self, event: AlertEvent) -> None:
         row = {
