@@ -97,7 +97,8 @@ class DbSink:
         return len(rows)
 
     async def _pg_upsert_buckets(self, rows: list[BucketRow]) -> None:
-        """On PostgreSQL, straight through asyncpg, in one transaction. SQLAlchemy's per-row parameter processing cost more CPU than the database's own work."""
+        """On PostgreSQL, straight through asyncpg, in one transaction: SQLAlchemy's per-row
+        parameter processing cost more CPU than the database's own work."""
         now = datetime.now(tz=UTC)
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
