@@ -6,6 +6,7 @@ detector outcomes. Stage 2 (partitioned by (policy_label, vendor_id)): run the p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -96,6 +97,11 @@ class RateBook:
             return None
         row = self.counts.get(key)
         if row is None:
+            # The key's strings come from one decoded event; interned, the book's millions of
+            # rows share a few hundred strings instead of keeping three per row (about 0.7 GB
+            # at 10 million events in a memray profile).
+            _, label, vendor, market, start = key
+            key = (partition, sys.intern(label), sys.intern(vendor), sys.intern(market), start)
             row = self.counts[key] = [0.0] * WIDTH
         self.dirty.add(key)
         return row
