@@ -8,7 +8,7 @@ import csv
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -444,7 +444,9 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
             if now >= entry.fresh_until and entry.refreshing is None:
                 entry.fresh_until = now + settings.api_rates_cache_s
                 entry.refreshing = asyncio.create_task(
-                    refresh_rates(entry, engine, policy_label, vendor_id, market, window, by_market)
+                    refresh_rates(
+                        entry, compute_rates(engine, policy_label, vendor_id, market, window, by_market, None)
+                    )
                 )
                 entry.refreshing.add_done_callback(_retrieve)
             if entry.answer is not None:
@@ -453,17 +455,9 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
             return await asyncio.shield(entry.refreshing)  # the first answer: every caller waits for it
         return await compute_rates(engine, policy_label, vendor_id, market, window, by_market, as_of)
 
-    async def refresh_rates(
-        entry: RatesEntry,
-        engine: AsyncEngine,
-        policy_label: str | None,
-        vendor_id: str | None,
-        market: str | None,
-        window: Window | None,
-        by_market: bool,
-    ) -> RateList:
+    async def refresh_rates(entry: RatesEntry, computation: Coroutine[Any, Any, RateList]) -> RateList:
         try:
-            entry.answer = await compute_rates(engine, policy_label, vendor_id, market, window, by_market, None)
+            entry.answer = await computation
             return entry.answer
         except BaseException:
             entry.fresh_until, entry.answer = 0.0, None  # nothing stale after a failure: the next request retries
