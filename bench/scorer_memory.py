@@ -26,29 +26,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
+
 from bench.cli import run
-from bench.scorer_throughput import create_topics, free_port, make_events, produce_more, run_scorer, scorer_env
+from bench.scorer_throughput import (
+    create_topics,
+    free_port,
+    make_events,
+    produce_more,
+    run_scorer,
+    scorer_env,
+    send_batches,
+)
 from services.common.broker import start_broker
-from services.common.wire import encode_batch, partition_for
+from services.common.wire import WireEvent
 
 
-async def fill_batches(bootstrap: str, topic: str, wires: list, partitions: int) -> None:  # type: ignore[type-arg]
-    from aiokafka import AIOKafkaProducer
-
+async def fill_batches(bootstrap: str, topic: str, wires: list[WireEvent], partitions: int) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=8_388_608, acks=1)
     await producer.start()
     try:
-        by_partition: dict[int, list] = {}  # type: ignore[type-arg]
-        futures = []
-        for w in wires:
-            p = partition_for(w.decision_id, partitions)
-            batch = by_partition.setdefault(p, [])
-            batch.append(w)
-            if len(batch) >= 2_000:
-                futures.append(await producer.send(topic, encode_batch(by_partition.pop(p)), partition=p))
-        for p, batch in by_partition.items():
-            futures.append(await producer.send(topic, encode_batch(batch), partition=p))
-        await asyncio.gather(*futures)
+        await send_batches(producer, topic, wires, partitions)
     finally:
         await producer.stop()
 

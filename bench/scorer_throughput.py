@@ -172,20 +172,25 @@ async def fill(
                 await asyncio.gather(*futs)
                 futs = []
         await asyncio.gather(*futs)
-        by_partition: dict[int, list[WireEvent]] = defaultdict(list)
-        records = 0
-        for w in wires:
-            p = partition_for(w.decision_id, partitions)
-            by_partition[p].append(w)
-            if len(by_partition[p]) >= 2_000:
-                await (await producer.send(batch_topic, encode_batch(by_partition.pop(p)), partition=p))
-                records += 1
-        for p, batch in by_partition.items():
-            await (await producer.send(batch_topic, encode_batch(batch), partition=p))
-            records += 1
-        return records
+        return await send_batches(producer, batch_topic, wires, partitions)
     finally:
         await producer.stop()
+
+
+async def send_batches(producer: AIOKafkaProducer, topic: str, wires: list[WireEvent], partitions: int) -> int:
+    """The events as ingest hands them to the scorer: batches of up to 2,000 per partition, in
+    order; returns the number of records, once the broker has them all."""
+    by_partition: dict[int, list[WireEvent]] = defaultdict(list)
+    futures = []
+    for w in wires:
+        p = partition_for(w.decision_id, partitions)
+        by_partition[p].append(w)
+        if len(by_partition[p]) >= 2_000:
+            futures.append(await producer.send(topic, encode_batch(by_partition.pop(p)), partition=p))
+    for p, batch in by_partition.items():
+        futures.append(await producer.send(topic, encode_batch(batch), partition=p))
+    await asyncio.gather(*futures)
+    return len(futures)
 
 
 async def raw_consume(bootstrap: str, topic: str, expect: int, decode) -> float:  # type: ignore[no-untyped-def]
