@@ -45,6 +45,16 @@ rate_buckets = Table(
     Index("ix_rate_buckets_bucket_start", "bucket_start"),
 )
 
+book_writes = Table(
+    "book_writes",
+    metadata,
+    # Rate-book writes add counts, so each must apply once: a write retried after its commit was
+    # in fact done (the acknowledgement lost) is recognised by its writer's sequence number.
+    Column("writer_id", String(80), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 alerts = Table(
     "alerts",
     metadata,

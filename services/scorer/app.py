@@ -5,9 +5,10 @@
   grouped by (policy_label, vendor_id) to modq.pair-outcomes.
 - agent ``detect``: modq.pair-outcomes -> monitor table, alert state changes to quality.alerts.
 - agent ``record_alerts``: quality.alerts -> alert history in the database (idempotent upserts).
-Rate buckets reach the database from a timer that upserts the buckets changed since the last
-flush (absolute values, so a repeated flush is harmless). All state lives in changelogs, so it
-survives restarts.
+Rate buckets reach the database from a timer that adds the changes since the last flush, one
+numbered write at a time, each applied once (``RateBook``, ``DbSink.write_book``); after a
+recovery the first write replaces the partitions' open buckets. All state lives in changelogs, so
+it survives restarts.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ class Scorer:
         async def on_start() -> None:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
+            await self._retry_db(self.sink.forget_writers)
 
         @app.on_before_shutdown.connect
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
@@ -333,20 +335,21 @@ class Scorer:
                 delay = min(delay * 2, 10.0)
 
     async def flush(self) -> int:
-        """Upsert every changed bucket; on failure the buckets stay dirty for the next flush."""
+        """Write the book's pending changes (or retry a failed write); returns the rows written."""
         if self.sink is None:
             return 0
-        rows = self.book.take_dirty()
+        write = self.book.take()
         written = 0
-        if rows:
+        if write is not None:
             try:
-                written = await self.sink.upsert_buckets([(*key, counts) for key, counts in rows])
-                self.book.written()
+                if await self.sink.write_book(write):
+                    written = len(write.rows)
+                self.book.written(write)
             except Exception:
-                self.book.mark_dirty(key for key, _ in rows)
+                self.book.failed(write)
                 self.metrics.flush_failures.inc()
-                log.exception("bucket flush failed; will retry", extra={"buckets": len(rows)})
-        self.metrics.dirty_buckets.set(len(self.book.dirty))
+                log.exception("bucket flush failed; will retry", extra={"buckets": len(write.rows), "seq": write.seq})
+        self.metrics.dirty_buckets.set(self.book.pending_rows())
         if self.book.ignored > self._ignored_reported:
             self.metrics.closed_bucket_changes.inc(self.book.ignored - self._ignored_reported)
             self._ignored_reported = self.book.ignored

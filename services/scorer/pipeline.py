@@ -65,45 +65,65 @@ BookKey = tuple[int, str, str, str, int]
 """(partition, policy_label, vendor_id, market, bucket_start_ms)."""
 
 
-class RateBook:
-    """Rate buckets of the partitions this worker owns: a view derived from the decision table.
+@dataclass(slots=True)
+class BookWrite:
+    """One write of the rate book to the database, applied whole and at most once.
 
-    Only the decision table is changelogged. Each decision's record says exactly what it
-    contributes, and is written atomically, so after a crash the book is rebuilt from the
-    recovered records instead of trusting counters that may be ahead of, or behind, them.
+    ``rows`` are counts to add to the database's rows. ``resets`` (partition -> bucket start) are
+    done first: that partition's rows from that start on are deleted, so its rows in this write
+    are then its whole counts (a rebuild). ``seq`` numbers the writes of one process: a write
+    retried after a failure keeps its number, and the database skips a number it has applied.
+    """
+
+    seq: int
+    rows: list[tuple[BookKey, Counts]]
+    resets: dict[int, int]
+    generation: int  # the book's rebuild count when taken: a rebuild supersedes older writes
+
+
+class RateBook:
+    """Rate-bucket changes of the partitions this worker owns, waiting to be added to the database.
+
+    The book is a view derived from the decision table, and holds only what the database does not
+    have yet: the changes since the last write (a few thousand rows), not every bucket (which
+    grows with the decisions retained: over a gigabyte at ten million). Only the decision table
+    is changelogged. After a recovery the book is rebuilt from the recovered records, and its
+    first write replaces the partitions' open buckets in the database (``BookWrite.resets``), so
+    counts written ahead of, or lost behind, the changelog never survive a crash.
     """
 
     def __init__(self) -> None:
-        self.counts: dict[BookKey, Counts] = {}
-        self.dirty: set[BookKey] = set()
-        self.in_flight: set[BookKey] = set()  # taken for a database write not yet confirmed
+        self.pending: dict[BookKey, Counts] = {}
+        self.resets: dict[int, int] = {}
         # Per partition, the event time below which buckets are closed (see ``close_before``).
         self.horizon: dict[int, int] = {}
         self.ignored = 0  # changes to closed buckets, dropped
+        self._seq = 0
+        self._generation = 0
+        self._in_flight: BookWrite | None = None
+        self._failed: BookWrite | None = None  # to be written again as it was
 
     def apply(self, partition: int, deltas: Deltas) -> None:
         for bucket, delta in deltas.buckets.items():
-            if (row := self._open_row(partition, bucket)) is not None:
+            if (row := self._row(partition, bucket)) is not None:
                 add_into(row, delta)
         for bucket, n in deltas.decisions.items():
-            if (row := self._open_row(partition, bucket)) is not None:
+            if (row := self._row(partition, bucket)) is not None:
                 row[F_DECISIONS] += n
 
-    def _open_row(self, partition: int, bucket: BucketKey) -> Counts | None:
-        """The book's row for a bucket, marked dirty; None (and counted) if the bucket is closed."""
+    def _row(self, partition: int, bucket: BucketKey) -> Counts | None:
+        """The pending row of a bucket; None (and counted) if the bucket is closed."""
         key = (partition, *bucket)
         if self._closed(key):
             self.ignored += 1
             return None
-        row = self.counts.get(key)
+        row = self.pending.get(key)
         if row is None:
-            # The key's strings come from one decoded event; interned, the book's millions of
-            # rows share a few hundred strings instead of keeping three per row (about 0.7 GB
-            # at 10 million events in a memray profile).
+            # The key's strings come from one decoded event; interned, the rows share a few
+            # hundred strings instead of keeping three each.
             _, label, vendor, market, start = key
             key = (partition, sys.intern(label), sys.intern(vendor), sys.intern(market), start)
-            row = self.counts[key] = [0.0] * WIDTH
-        self.dirty.add(key)
+            row = self.pending[key] = [0.0] * WIDTH
         return row
 
     def close_before(self, partition: int, horizon_ms: int) -> None:
@@ -111,57 +131,72 @@ class RateBook:
 
         Decision state older than the horizon may expire, so such a bucket could no longer be
         recomputed whole: it is never rebuilt nor changed again (the database keeps what was
-        written), and once written it leaves memory (``drop_closed``). Close only what is written
-        (``unwritten_from``).
+        written). Close only what is written (``unwritten_from``).
         """
         self.horizon[partition] = max(horizon_ms, self.horizon.get(partition, horizon_ms))
 
-    def drop_closed(self) -> int:
-        """Forget closed buckets already written; returns how many."""
-        gone = [k for k in self.counts if self._closed(k) and k not in self.dirty and k not in self.in_flight]
-        for key in gone:
-            del self.counts[key]
-        return len(gone)
-
-    def rebuild(self, records: Iterable[tuple[int, bytes]]) -> dict[int, int]:
-        """Recompute every open bucket from (partition, encoded decision state) records; returns
-        each partition's newest ``touched_ms`` (read on the same pass)."""
+    def rebuild(self, partitions: Iterable[int], records: Iterable[tuple[int, bytes]]) -> dict[int, int]:
+        """Recompute the open buckets of ``partitions`` from (partition, encoded decision state)
+        records, to replace theirs in the database; returns each partition's newest ``touched_ms``
+        (read on the same pass). Pending changes of other partitions are dropped (their new owner
+        rebuilds them), as is any write not yet confirmed (this one replaces its effect)."""
         by_partition: dict[int, Deltas] = {}
         newest: dict[int, int] = {}
         for partition, raw in records:
             state = decode_state(raw)
             add_contribution(state, by_partition.setdefault(partition, Deltas()))
             newest[partition] = max(state.touched_ms, newest.get(partition, 0))
-        closed_unwritten = {k: v for k, v in self.counts.items() if k in self.dirty and self._closed(k)}
-        self.counts.clear()
+        self._generation += 1
+        self._failed = None
+        self.pending = {}
+        self.resets = {p: self.horizon.get(p, 0) for p in partitions}
         ignored = self.ignored
         for partition, deltas in by_partition.items():
             self.apply(partition, deltas)
         self.ignored = ignored  # closed buckets skipped by a rebuild are not dropped changes
-        self.counts.update(closed_unwritten)  # complete when closed, still to be written
-        self.dirty = set(self.counts)
         return newest
 
     def _closed(self, key: BookKey) -> bool:
         return key[4] < self.horizon.get(key[0], -1)
 
-    def take_dirty(self) -> list[tuple[BookKey, Counts]]:
-        """Rows to write; they count as unwritten until ``written()`` (or ``mark_dirty`` again)."""
-        keys, self.dirty = self.dirty, set()
-        self.in_flight |= keys
-        return [(k, list(self.counts[k])) for k in keys if k in self.counts]
+    def take(self) -> BookWrite | None:
+        """The next write: a failed one again as it was, else the pending changes (None: nothing).
+        Its rows count as unwritten until ``written`` is called with it."""
+        write = self._failed
+        self._failed = None
+        if write is None:
+            if not self.pending and not self.resets:
+                return None
+            self._seq += 1
+            write = BookWrite(self._seq, list(self.pending.items()), self.resets, self._generation)
+            self.pending, self.resets = {}, {}
+        self._in_flight = write
+        return write
 
-    def written(self) -> None:
-        """The rows last taken are in the database."""
-        self.in_flight.clear()
+    def written(self, write: BookWrite) -> None:
+        """The write is in the database."""
+        if self._in_flight is write:
+            self._in_flight = None
+
+    def failed(self, write: BookWrite) -> None:
+        """The write may or may not be in the database: it goes again, whole, under its number,
+        unless a rebuild has replaced it since."""
+        if self._in_flight is write:
+            self._in_flight = None
+        if write.generation == self._generation:
+            self._failed = write
 
     def unwritten_from(self, partition: int) -> int | None:
-        """Start of the partition's oldest bucket not yet in the database (None: all written)."""
-        return min((k[4] for k in (*self.dirty, *self.in_flight) if k[0] == partition), default=None)
+        """Start of the partition's oldest bucket with changes not yet in the database (None: all
+        written)."""
+        keys = [*self.pending]
+        for write in (self._in_flight, self._failed):
+            if write is not None:
+                keys.extend(k for k, _ in write.rows)
+        return min((k[4] for k in keys if k[0] == partition), default=None)
 
-    def mark_dirty(self, keys: Iterable[BookKey]) -> None:
-        self.dirty.update(keys)
-        self.in_flight.clear()
+    def pending_rows(self) -> int:
+        return len(self.pending) + sum(len(w.rows) for w in (self._in_flight, self._failed) if w is not None)
 
 
 def pair_key(policy_label: str, vendor_id: str) -> bytes:

@@ -1,21 +1,20 @@
-"""Idempotent writes of scorer results to the database (absolute values, upserts keyed by id)."""
+"""Scorer results to the database: rate-book writes applied once each, alert states as idempotent upserts."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, not_
+from sqlalchemy import and_, case, delete, not_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alert_history, alerts, insert_for, rate_buckets
+from services.common.db import alert_history, alerts, book_writes, insert_for, rate_buckets
 from services.common.history import parse_ts
 from services.scorer.alerts import AlertEvent
+from services.scorer.pipeline import BookWrite
 from services.scorer.rates import COUNT_FIELDS, Counts
-
-BucketRow = tuple[int, str, str, str, int, Counts]
-"""(partition, policy_label, vendor_id, market, bucket_start_ms, counts)."""
 
 UPSERT_CHUNK_ROWS = 5_000
 _BUCKET_KEY = ("policy_label", "vendor_id", "market", "bucket_start", "partition")
@@ -26,86 +25,113 @@ def _quoted(columns: Iterable[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
-PG_UPSERT_BUCKETS = (
+PG_ADD_BUCKETS = (
     f"INSERT INTO rate_buckets ({_quoted(_BUCKET_COLUMNS)})"
     f" VALUES ({', '.join(f'${i + 1}' for i in range(len(_BUCKET_COLUMNS)))})"
     f" ON CONFLICT ({_quoted(_BUCKET_KEY)}) DO UPDATE SET "
-    + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in (*COUNT_FIELDS, "updated_at"))
+    + ", ".join(f'"{c}" = rate_buckets."{c}" + EXCLUDED."{c}"' for c in COUNT_FIELDS)
+    + ', "updated_at" = EXCLUDED."updated_at"'
 )
-"""The bucket upsert for asyncpg's executemany: parameters encoded in C, not by SQLAlchemy."""
+"""Adds a row of counts, for asyncpg's executemany: parameters encoded in C, not by SQLAlchemy."""
+PG_RESET_PARTITION = 'DELETE FROM rate_buckets WHERE "partition" = $1 AND bucket_start >= $2'
+PG_CLAIM_WRITE = (
+    "INSERT INTO book_writes (writer_id, seq, updated_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (writer_id) DO UPDATE SET seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at"
+    " WHERE book_writes.seq < EXCLUDED.seq RETURNING seq"
+)
+"""Records a write's number; returns no row if the writer already applied it."""
 
 
-def _bucket_values(rows: list[BucketRow], now: datetime) -> list[dict[str, object]]:
-    return [
-        {
-            "partition": p,
-            "policy_label": label,
-            "vendor_id": vendor,
-            "market": market,
-            "bucket_start": datetime.fromtimestamp(start_ms / 1000, tz=UTC),
-            "updated_at": now,
-            **{
-                name: (counts[i] if name.startswith("weighted") else int(counts[i]))
-                for i, name in enumerate(COUNT_FIELDS)
-            },
-        }
-        for p, label, vendor, market, start_ms, counts in rows
-    ]
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def _bucket_records(rows: list[BucketRow], now: datetime) -> list[tuple[object, ...]]:
-    return [
-        (
-            label,
-            vendor,
-            market,
-            datetime.fromtimestamp(start_ms / 1000, tz=UTC),
-            p,
-            *(c if name.startswith("weighted") else int(c) for name, c in zip(COUNT_FIELDS, counts, strict=True)),
-            now,
-        )
-        for p, label, vendor, market, start_ms, counts in rows
-    ]
+def _counts(counts: Counts) -> list[int | float]:
+    return [c if name.startswith("weighted") else int(c) for name, c in zip(COUNT_FIELDS, counts, strict=True)]
 
 
 class DbSink:
     """Writes rate buckets and alert states; every write can be repeated without changing the result."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writer_id: str | None = None) -> None:
         self.engine = engine
+        self.writer_id = writer_id or f"scorer-{uuid.uuid4().hex}"
 
-    async def upsert_buckets(self, rows: Iterable[BucketRow]) -> int:
-        """Write rows in one transaction, a chunk of parameter sets at a time: the parameters of a
-        flush after a backlog (hundreds of thousands of rows) built at once took a gigabyte."""
-        rows = list(rows)
-        if not rows:
-            return 0
+    async def write_book(self, write: BookWrite) -> bool:
+        """Apply a rate-book write in one transaction; False if it had been applied already."""
         if self.engine.dialect.name == "postgresql":
-            await self._pg_upsert_buckets(rows)
-            return len(rows)
+            return await self._pg_write_book(write)
         # One statement, executed for many parameter sets: compiled once and cached (a multi-row
         # VALUES clause is compiled anew for every flush, which cost half the scorer's time).
-        stmt = insert_for(self.engine, rate_buckets)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["policy_label", "vendor_id", "market", "bucket_start", "partition"],
-            set_={name: stmt.excluded[name] for name in (*COUNT_FIELDS, "updated_at")},
+        add = insert_for(self.engine, rate_buckets)
+        add = add.on_conflict_do_update(
+            index_elements=list(_BUCKET_KEY),
+            set_={
+                **{name: rate_buckets.c[name] + add.excluded[name] for name in COUNT_FIELDS},
+                "updated_at": add.excluded.updated_at,
+            },
         )
+        claim = insert_for(self.engine, book_writes).values(
+            writer_id=self.writer_id, seq=write.seq, updated_at=datetime.now(tz=UTC)
+        )
+        claim = claim.on_conflict_do_update(
+            index_elements=["writer_id"],
+            set_={"seq": claim.excluded.seq, "updated_at": claim.excluded.updated_at},
+            where=book_writes.c.seq < claim.excluded.seq,
+        ).returning(book_writes.c.seq)
         now = datetime.now(tz=UTC)
         async with self.engine.begin() as conn:
-            for i in range(0, len(rows), UPSERT_CHUNK_ROWS):
-                await conn.execute(stmt, _bucket_values(rows[i : i + UPSERT_CHUNK_ROWS], now))
-        return len(rows)
+            if (await conn.execute(claim)).first() is None:
+                return False
+            for p, start_ms in write.resets.items():
+                await conn.execute(
+                    delete(rate_buckets).where(
+                        rate_buckets.c.partition == p, rate_buckets.c.bucket_start >= _ts(start_ms)
+                    )
+                )
+            for i in range(0, len(write.rows), UPSERT_CHUNK_ROWS):
+                values = [
+                    {
+                        "partition": p,
+                        "policy_label": label,
+                        "vendor_id": vendor,
+                        "market": market,
+                        "bucket_start": _ts(start_ms),
+                        "updated_at": now,
+                        **dict(zip(COUNT_FIELDS, _counts(counts), strict=True)),
+                    }
+                    for (p, label, vendor, market, start_ms), counts in write.rows[i : i + UPSERT_CHUNK_ROWS]
+                ]
+                await conn.execute(add, values)
+        return True
 
-    async def _pg_upsert_buckets(self, rows: list[BucketRow]) -> None:
-        """On PostgreSQL, straight through asyncpg, in one transaction: SQLAlchemy's per-row
-        parameter processing cost more CPU than the database's own work."""
+    async def forget_writers(self, idle_s: float = 7 * 86_400) -> int:
+        """Drop the write numbers of writers idle that long (processes long gone); returns how many."""
+        cutoff = datetime.now(tz=UTC).timestamp() - idle_s
+        async with self.engine.begin() as conn:
+            done = await conn.execute(delete(book_writes).where(book_writes.c.updated_at < _ts(int(cutoff * 1000))))
+        return int(done.rowcount or 0)
+
+    async def _pg_write_book(self, write: BookWrite) -> bool:
+        """On PostgreSQL, straight through asyncpg: SQLAlchemy's per-row parameter processing cost
+        more CPU than the database's own work. Rows go a chunk of parameter sets at a time: the
+        parameters of a rebuild (millions of rows) built at once took gigabytes."""
         now = datetime.now(tz=UTC)
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             pg: Any = raw.driver_connection
             async with pg.transaction():
-                for i in range(0, len(rows), UPSERT_CHUNK_ROWS):
-                    await pg.executemany(PG_UPSERT_BUCKETS, _bucket_records(rows[i : i + UPSERT_CHUNK_ROWS], now))
+                if await pg.fetchval(PG_CLAIM_WRITE, self.writer_id, write.seq, now) is None:
+                    return False
+                for p, start_ms in write.resets.items():
+                    await pg.execute(PG_RESET_PARTITION, p, _ts(start_ms))
+                for i in range(0, len(write.rows), UPSERT_CHUNK_ROWS):
+                    records = [
+                        (label, vendor, market, _ts(start_ms), p, *_counts(counts), now)
+                        for (p, label, vendor, market, start_ms), counts in write.rows[i : i + UPSERT_CHUNK_ROWS]
+                    ]
+                    await pg.executemany(PG_ADD_BUCKETS, records)
+        return True
 
     async def upsert_alert(self, event: AlertEvent) -> None:
         row = {

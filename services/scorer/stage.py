@@ -361,12 +361,8 @@ class DecisionStage:
         states.write(tombstones)
         writes.update(tombstones)
         writes[SWEPT_KEY] = cutoff.to_bytes(8, "big")
-        dropped = self.book.drop_closed()
         self.metrics.expired_decisions.inc(len(gone))
-        log.info(
-            "state expired",
-            extra={"partition": p, "decisions": len(gone), "buckets_dropped": dropped, "cutoff_ms": cutoff},
-        )
+        log.info("state expired", extra={"partition": p, "decisions": len(gone), "cutoff_ms": cutoff})
 
     def _sweep_cutoff(self, p: int) -> int | None:
         """The cutoff a sweep of the partition would use now; None when none is due."""
@@ -549,7 +545,7 @@ class DecisionStage:
         for p in self.owned:
             if p in self._swept:
                 self.book.close_before(p, self._swept[p])
-        newest = self.book.rebuild((p, raw) for p in self.owned for raw in self._states(p).values())
+        newest = self.book.rebuild(self.owned, ((p, raw) for p in self.owned for raw in self._states(p).values()))
         for p in self.owned:
             self.watermark[p] = newest.get(p, 0)
 

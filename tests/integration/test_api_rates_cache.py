@@ -10,6 +10,7 @@ import pytest
 
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
+from services.scorer.pipeline import BookWrite
 from services.scorer.sink import DbSink
 from tests.conftest import Service, eventually, free_port
 from tests.pipeline_util import api_ready
@@ -25,8 +26,14 @@ async def test_rates_answers_are_shared_then_refreshed(
     sink = DbSink(engine)
     minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
 
+    seq = 0
+
     async def write(verdicts: int) -> None:
-        await sink.upsert_buckets([(0, "SCAMS_AND_FRAUD", "V01", "DE", minute, [verdicts, 1] + [0] * 10)])
+        """The bucket's counts replaced (a write that resets partition 0 from that minute)."""
+        nonlocal seq
+        seq += 1
+        row = ((0, "SCAMS_AND_FRAUD", "V01", "DE", minute), [float(verdicts), 1.0] + [0.0] * 10)
+        await sink.write_book(BookWrite(seq, [row], {0: minute}, 0))
 
     await write(100)
     port = free_port()

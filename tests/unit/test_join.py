@@ -127,8 +127,9 @@ def test_rate_book_rebuilt_from_decision_states_equals_the_incremental_one() -> 
             stores[p].update(writes)
             live.apply(p, deltas)
     rebuilt = RateBook()
-    rebuilt.rebuild((p, raw) for p, store in stores.items() for raw in store.values())
-    assert rebuilt.counts == {k: v for k, v in live.counts.items() if any(v)}
+    rebuilt.rebuild(stores, ((p, raw) for p, store in stores.items() for raw in store.values()))
+    assert rebuilt.pending == {k: v for k, v in live.pending.items() if any(v)}
+    assert rebuilt.resets == {0: 0, 1: 0}  # the first write replaces the partitions' buckets
 
 
 def test_touched_ms_read_off_the_end_equals_the_decoded_field() -> None:
@@ -144,8 +145,9 @@ def test_touched_ms_read_off_the_end_equals_the_decoded_field() -> None:
 
 
 def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
-    """Buckets before the horizon are closed: a rebuild leaves them out, late changes are dropped,
-    and written ones leave memory; open buckets rebuild to the incremental values."""
+    """Buckets before the horizon are closed: a rebuild leaves them out and late changes are
+    dropped; the book holds only changes not yet written, and a rebuild's open buckets equal the
+    sum of everything applied to them."""
     from services.scorer.join import decode_state
     from services.scorer.pipeline import RateBook
     from services.scorer.rates import BUCKET_MS
@@ -156,21 +158,53 @@ def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
     writes, deltas = score_batch(decode_batch(encode_batch(events)), store.get)
     store.update(writes)
     book.apply(0, deltas)
-    starts = sorted({k[4] for k in book.counts})
+    starts = sorted({k[4] for k in book.pending})
+    first = book.take()
+    assert first is not None and not book.pending and book.take() is None
+    assert book.unwritten_from(0) == starts[0]  # in flight until the write is confirmed
+    book.written(first)
+    assert book.unwritten_from(0) is None
     horizon = starts[len(starts) // 2]
     book.close_before(0, horizon)
     book.close_before(0, horizon - BUCKET_MS)  # never moves back
-    open_before = {k: list(v) for k, v in book.counts.items() if k[4] >= horizon}
     book.apply(0, deltas)  # changes to both closed and open buckets
     assert book.ignored == sum(1 for k in deltas.decisions if k[3] < horizon)
-    assert book.unwritten_from(0) == starts[0]
-    book.take_dirty()
-    assert book.unwritten_from(0) == starts[0]  # in flight until the write is confirmed
-    book.written()
-    assert book.unwritten_from(0) is None
-    closed = len(book.counts) - len(open_before)
-    assert closed > 0 and book.drop_closed() == closed
-    assert all(k[4] >= horizon for k in book.counts)
-    book.rebuild((0, raw) for raw in store.values())
-    assert book.counts == open_before
+    assert {k[4] for k in book.pending} == {s for s in starts if s >= horizon}
+    book.rebuild([0], ((0, raw) for raw in store.values()))
+    assert book.resets == {0: horizon}
+    assert {k: v for k, v in book.pending.items()} == {
+        k: v for k, v in first.rows if k[4] >= horizon
+    }  # the rebuild's counts are whole: once each decision
     assert all(decode_state(raw).attrs is not None for raw in store.values())
+
+
+def test_a_failed_book_write_goes_again_as_it_was_unless_a_rebuild_replaced_it() -> None:
+    """A write that failed may have been applied: it is retried whole under its number (the
+    database skips a number it has), changes made meanwhile go in the next write; a rebuild
+    replaces a failed write."""
+    from services.scorer.pipeline import RateBook
+
+    events = [wire("decision", factories.decision(f"d{i}", event_time=factories.ts(i * 60))) for i in range(6)]
+    store: dict[bytes, bytes] = {}
+    book = RateBook()
+    writes, deltas = score_batch(decode_batch(encode_batch(events[:3])), store.get)
+    store.update(writes)
+    book.apply(0, deltas)
+    first = book.take()
+    assert first is not None and first.seq == 1
+    writes, deltas = score_batch(decode_batch(encode_batch(events[3:])), store.get)
+    store.update(writes)
+    book.apply(0, deltas)
+    book.failed(first)
+    assert book.pending_rows() == 6
+    again = book.take()
+    assert again is first  # same rows, same number
+    book.written(again)
+    second = book.take()
+    assert second is not None and second.seq == 2 and len(second.rows) == 3
+    book.failed(second)
+    book.rebuild([0], ((0, raw) for raw in store.values()))
+    rebuilt = book.take()
+    assert rebuilt is not None and rebuilt.seq == 3 and rebuilt.resets == {0: 0} and len(rebuilt.rows) == 6
+    book.failed(rebuilt)
+    assert book.take() is rebuilt

@@ -1,0 +1,78 @@
+"""Rate-book writes on real PostgreSQL (and SQLite, the dev database): each numbered write adds
+once, a retried number changes nothing, a reset replaces one partition's open buckets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.common.db import make_engine, rate_buckets
+from services.common.migrate import ensure_schema
+from services.scorer.pipeline import BookKey, BookWrite
+from services.scorer.rates import COUNT_FIELDS, Counts
+from services.scorer.sink import DbSink
+
+pytestmark = pytest.mark.integration
+
+MINUTE = 60_000
+T0 = 1_790_000_040_000 - 1_790_000_040_000 % MINUTE
+
+
+def row(p: int, vendor: str, minute: int, verdicts: float, weighted: float = 0.0) -> tuple[BookKey, Counts]:
+    counts = [0.0] * len(COUNT_FIELDS)
+    counts[0] = verdicts
+    counts[COUNT_FIELDS.index("weighted_verdicts")] = weighted
+    return (p, "SCAMS_AND_FRAUD", vendor, "DE", T0 + minute * MINUTE), counts
+
+
+async def table(engine: AsyncEngine) -> dict[tuple[int, str, int], tuple[int, float]]:
+    """(partition, vendor, minute) -> (verdicts, weighted_verdicts) as stored."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(rate_buckets))).mappings().all()
+    return {
+        (r["partition"], r["vendor_id"], (int(r["bucket_start"].timestamp() * 1000) - T0) // MINUTE): (
+            r["verdicts"],
+            r["weighted_verdicts"],
+        )
+        for r in rows
+    }
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def engine(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    url = database_url if request.param == "postgresql" else f"sqlite+aiosqlite:///{tmp_path / 'modq.db'}"
+    engine = make_engine(url)
+    await ensure_schema(engine, auto_migrate=True)
+    yield engine
+    await engine.dispose()
+
+
+async def test_numbered_writes_add_once_and_a_reset_replaces_a_partition(engine: AsyncEngine) -> None:
+    sink = DbSink(engine)
+    first = BookWrite(1, [row(0, "V01", 0, 3, 1.5), row(0, "V01", 1, 2), row(1, "V02", 0, 7)], {}, 0)
+    assert await sink.write_book(first)
+    assert not await sink.write_book(first)  # applied already (its acknowledgement lost): skipped
+    assert await sink.write_book(BookWrite(2, [row(0, "V01", 0, 1, 0.25), row(0, "V01", 1, -2)], {}, 0))
+    assert await table(engine) == {(0, "V01", 0): (4, 1.75), (0, "V01", 1): (0, 0.0), (1, "V02", 0): (7, 0.0)}
+
+    # Another process numbers its own writes.
+    other = DbSink(engine)
+    assert await other.write_book(BookWrite(1, [row(1, "V02", 0, 1)], {}, 0))
+    assert not await sink.write_book(BookWrite(2, [row(1, "V02", 0, 100)], {}, 0))
+
+    # A rebuild of partition 0 with buckets from minute 1 open: minute 0 keeps what it had,
+    # minute 1 and later hold the rebuilt counts only, partition 1 is untouched.
+    rebuilt = BookWrite(3, [row(0, "V01", 1, 5), row(0, "V01", 2, 6)], {0: T0 + MINUTE}, 0)
+    assert await sink.write_book(rebuilt)
+    assert await table(engine) == {
+        (0, "V01", 0): (4, 1.75),
+        (0, "V01", 1): (5, 0.0),
+        (0, "V01", 2): (6, 0.0),
+        (1, "V02", 0): (8, 0.0),
+    }
+    assert await sink.forget_writers(idle_s=3600) == 0
+    assert await sink.forget_writers(idle_s=-60) == 2  # both writers' numbers
