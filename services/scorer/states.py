@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 
 class PartitionStates(Protocol):
@@ -50,17 +50,44 @@ class MemoryStates(dict[bytes, bytes]):
         self.clear()
 
 
+ROCKS_BLOCK_CACHE_BYTES = 64 * 2**20
+"""One block cache for every partition's store, index and filter blocks included."""
+ROCKS_WRITE_BUFFER_BYTES = 16 * 2**20
+"""Per store, at most two memtables of this size (RocksDB's default is 64 MiB each)."""
+_block_cache: Any = None
+
+
+def _rocks_options() -> Any:
+    """Bounded memory: RocksDB's defaults let each store keep two 64 MiB memtables and every SST
+    file's index and filter blocks outside any cache, which grows with the keys stored."""
+    global _block_cache
+    from rocksdict import BlockBasedOptions, Cache, Options
+
+    if _block_cache is None:
+        _block_cache = Cache(ROCKS_BLOCK_CACHE_BYTES)
+    table = BlockBasedOptions()
+    table.set_block_cache(_block_cache)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_bloom_filter(10, False)  # most lookups are of new decisions: absent keys
+    options = Options(raw_mode=True)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_size(ROCKS_WRITE_BUFFER_BYTES)
+    options.set_max_write_buffer_number(2)
+    return options
+
+
 class RocksStates:
     """RocksDB (``rocksdict``) in a directory of its own: state on local disk, with a bounded
     block cache and write buffer in memory."""
 
     def __init__(self, path: Path) -> None:
-        from rocksdict import Options, Rdict
+        from rocksdict import Rdict
 
         shutil.rmtree(path, ignore_errors=True)  # the changelog refills it
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = Rdict(str(path), Options(raw_mode=True))
+        self._db = Rdict(str(path), _rocks_options())
 
     def get(self, key: bytes) -> bytes | None:
         return cast("bytes | None", self._db.get(key))  # raw mode: bytes in, bytes out
