@@ -39,16 +39,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.cli import run
+from bench.pg import create_database, drop_database
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port, metric, raw_consume
 from services.common.broker import start_broker
 
-PG_ADMIN_DSN = os.environ.get("MODQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PARTITIONS = 4
 TOPICS = {"decision": "bench.decisions", "verdict": "bench.verdicts", "appeal": "bench.appeals"}
 RATE_PROBE = ("FRESHNESS_PROBE", "PROBE")
@@ -312,25 +311,6 @@ async def probe_freshness(
 async def _probe_decisions_counted(api: httpx.AsyncClient, n: int) -> bool:
     items = await rates(api, policy_label=RATE_PROBE[0], vendor_id=RATE_PROBE[1])
     return bool(items) and int(items[0]["decisions"]) >= n
-
-
-async def create_database() -> tuple[str, str]:
-    name = f"modq_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return name, f"{base}/{name}"
-
-
-async def drop_database(name: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def service_env(

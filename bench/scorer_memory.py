@@ -9,7 +9,9 @@ for each store (the in-memory dict first, as the baseline of the same run, then 
      recovers the decision state from the changelog: seconds from its start until it has
      counted the new events.
 
-Run: python -m bench.scorer_memory [--events 10000000] [--partitions 4] [--out docs/perf-memory.md]
+Run: python -m bench.scorer_memory [--events 10000000] [--partitions 4] [--database postgresql|sqlite]
+[--out docs/perf-memory.md]. The scorer writes to a fresh PostgreSQL database (as in production;
+``MODQ_BENCH_PG_DSN`` names the server), or with ``--database sqlite`` to a SQLite file.
 
 Where the memory goes: ``--stores rocksdb:// --memray /tmp/scorer.memray`` runs the scorer under
 memray (``pip install memray``) and prints the allocations alive at its high-water mark by place
@@ -29,6 +31,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from bench.cli import run
+from bench.pg import create_database, drop_database
 from bench.scorer_throughput import (
     create_topics,
     free_port,
@@ -57,6 +60,7 @@ async def main_async(args: argparse.Namespace) -> str:
     broker = start_broker(port, workdir / "broker.log")
     bootstrap = f"127.0.0.1:{port}"
     rows = []
+    databases: list[str] = []
     try:
         t = time.perf_counter()
         _, wires = make_events(args.events, keep_docs=False)
@@ -68,6 +72,9 @@ async def main_async(args: argparse.Namespace) -> str:
         print(f"generated and produced {args.events:,} events in {time.perf_counter() - t:.1f} s", flush=True)
         for store in args.stores.split(","):
             env = scorer_env(bootstrap, topic, args.partitions, workdir)
+            if args.database == "postgresql":  # as in production; SQLite is the dev default
+                db_name, env["MODQ_DATABASE_URL"] = await create_database()
+                databases.append(db_name)
             env["MODQ_SCORER_STORE"] = store
             env["MODQ_SCORER_DATA_DIR"] = str(workdir / f"data-{store[:-3]}")
             memray = Path(args.memray) if args.memray else None
@@ -88,6 +95,8 @@ async def main_async(args: argparse.Namespace) -> str:
     finally:
         broker.terminate()
         broker.wait(10)
+        for db_name in databases:
+            await drop_database(db_name)
     table = [
         "| decision store | events/s | resident memory at the end | restart after kill -9 (until new events"
         " counted) | resident memory after the restart |",
@@ -99,12 +108,13 @@ async def main_async(args: argparse.Namespace) -> str:
     ]
     return (
         "\n".join(table)
-        + f"\n\n{decisions:,} distinct decisions in the stream, one scorer process, {args.partitions} partitions.\n"
+        + f"\n\n{decisions:,} distinct decisions in the stream, one scorer process, {args.partitions} partitions,"
+        f" database {args.database}.\n"
     )
 
 
 def main() -> None:
-    run(main_async, events=10_000_000, partitions=4, stores="memory://,rocksdb://", memray="")
+    run(main_async, events=10_000_000, partitions=4, stores="memory://,rocksdb://", memray="", database="postgresql")
 
 
 if __name__ == "__main__":
