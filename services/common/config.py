@@ -170,6 +170,15 @@ class ScorerSettings(CommonSettings):
         262_144, ge=65_536, description="per-partition fetch size of the events consumer (keeps partitions in step)"
     )
     scorer_stall_timeout_s: float = Field(120.0, gt=0, description="no progress with input waiting: unhealthy")
+    scorer_max_pending_buckets: int = Field(
+        200_000,
+        gt=0,
+        description=(
+            "rate-bucket rows waiting for the database (about 300 bytes each) above which the"
+            " scorer stops taking new records until writes catch up: memory stays bounded when the"
+            " database is slow or down, and the lag shows it"
+        ),
+    )
     scorer_exit_on_stall: bool = Field(True, description="exit (for the supervisor to restart) on a stall")
     faust_session_timeout_s: float = 30.0
     faust_rebalance_timeout_s: float = 30.0

@@ -61,6 +61,12 @@ class ScorerMetrics:
             "Changes to rate buckets older than the state retention, dropped (events that late)",
             registry=registry,
         )
+        self.database_wait = Counter(
+            "modq_scorer_database_wait_seconds",
+            "Time the scorer stopped taking records until rate-bucket writes caught up"
+            " (MODQ_SCORER_MAX_PENDING_BUCKETS)",
+            registry=registry,
+        )
         self.dirty_buckets = Gauge(
             "modq_scorer_dirty_buckets", "Rate buckets awaiting a database write", registry=registry
         )
@@ -276,6 +282,9 @@ class Scorer:
         """
         stage, consumer = self.stage, self.stage.consumer
         if not stage.ready or not stage.progress or consumer is None:
+            return
+        if stage.db_wait_since is not None:
+            self.stalled = []  # waiting for the database on purpose (its writes are retried)
             return
         tps = [TopicPartition(self.settings.topic_events, p) for p in stage.progress]
         try:

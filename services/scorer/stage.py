@@ -106,6 +106,7 @@ class DecisionStage:
         # Mean events per fetched record (a moving average); until measured, assume large batches.
         self._events_per_record = MAX_BUFFERED_EVENTS / 4
         self._blocked_since: float | None = None
+        self.db_wait_since: float | None = None  # see ``_waiting_for_database``
         self._generation = 0
         # Rounds applied in memory and still becoming durable, oldest first, with their partitions.
         self._rounds: deque[tuple[asyncio.Task[None], set[int]]] = deque()
@@ -182,6 +183,9 @@ class DecisionStage:
             for tp, messages in fetched.items():
                 if messages:
                     self._buffer(tp.partition, messages)
+            if self._waiting_for_database():
+                await asyncio.sleep(0.05)
+                continue
             generation = self._generation
             ready = self._take_in_order()
             if not ready and not any(self._sweep_cutoff(p) is not None for p in self.owned):
@@ -196,6 +200,22 @@ class DecisionStage:
                     delay = min(delay * 2, 10.0)
                     continue  # rolled back: the records are fetched again
                 self._apply(ready)
+
+    def _waiting_for_database(self) -> bool:
+        """True while the rate book holds more unwritten rows than allowed: applying waits (the
+        buffers fill and fetching pauses), so a slow or unavailable database bounds memory
+        instead of growing it. The stall check does not count the wait as a stall."""
+        now = time.monotonic()
+        if self.book.pending_rows() >= self.settings.scorer_max_pending_buckets:
+            if self.db_wait_since is None:
+                self.db_wait_since = now
+                log.warning("waiting for database writes to catch up", extra={"buckets": self.book.pending_rows()})
+            return True
+        if self.db_wait_since is not None:
+            self.metrics.database_wait.inc(now - self.db_wait_since)
+            self.progress = {p: (done, now) for p, (done, _) in self.progress.items()}
+            self.db_wait_since = None
+        return False
 
     async def _settle(self, keep: int = 0, rebalancing: bool = False) -> bool:
         """Wait until at most ``keep`` rounds are still becoming durable (under the lock).
