@@ -24,7 +24,7 @@ from services.scorer.join import (
     encode_state,
     new_decision,
 )
-from services.scorer.rates import COUNT_FIELDS, F_DECISIONS, BucketKey, Counts, add_into
+from services.scorer.rates import COUNT_FIELDS, F_DECISIONS, BucketKey, Counts, add_into, zero_counts
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
@@ -69,7 +69,8 @@ BookKey = tuple[int, str, str, str, int]
 class BookWrite:
     """One write of the rate book to the database, applied whole and at most once.
 
-    ``rows`` are counts to add to the database's rows. ``resets`` (partition -> bucket start) are
+    ``rows`` are counts to add to the database's rows (ints, but the weighted sums: passed to the
+    database as they are). ``resets`` (partition -> bucket start) are
     done first: that partition's rows from that start on are deleted, so its rows in this write
     are then its whole counts (a rebuild). ``seq`` numbers the writes of one process: a write
     retried after a failure keeps its number, and the database skips a number it has applied.
@@ -123,7 +124,7 @@ class RateBook:
             # hundred strings instead of keeping three each.
             _, label, vendor, market, start = key
             key = (partition, sys.intern(label), sys.intern(vendor), sys.intern(market), start)
-            row = self.pending[key] = [0.0] * WIDTH
+            row = self.pending[key] = zero_counts()  # ints but the weighted sums: written as they are
         return row
 
     def close_before(self, partition: int, horizon_ms: int) -> None:

@@ -14,7 +14,7 @@ from services.common.db import alert_history, alerts, book_writes, insert_for, r
 from services.common.history import parse_ts
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import BookWrite
-from services.scorer.rates import COUNT_FIELDS, Counts
+from services.scorer.rates import COUNT_FIELDS
 
 UPSERT_CHUNK_ROWS = 5_000
 _BUCKET_KEY = ("policy_label", "vendor_id", "market", "bucket_start", "partition")
@@ -44,10 +44,6 @@ PG_CLAIM_WRITE = (
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def _counts(counts: Counts) -> list[int | float]:
-    return [c if name.startswith("weighted") else int(c) for name, c in zip(COUNT_FIELDS, counts, strict=True)]
 
 
 class DbSink:
@@ -98,7 +94,7 @@ class DbSink:
                         "market": market,
                         "bucket_start": _ts(start_ms),
                         "updated_at": now,
-                        **dict(zip(COUNT_FIELDS, _counts(counts), strict=True)),
+                        **dict(zip(COUNT_FIELDS, counts, strict=True)),
                     }
                     for (p, label, vendor, market, start_ms), counts in write.rows[i : i + UPSERT_CHUNK_ROWS]
                 ]
@@ -125,10 +121,19 @@ class DbSink:
                     return False
                 for p, start_ms in write.resets.items():
                     await pg.execute(PG_RESET_PARTITION, p, _ts(start_ms))
+                starts: dict[int, datetime] = {}  # rows of a write share few minutes
                 for i in range(0, len(write.rows), UPSERT_CHUNK_ROWS):
                     records = [
-                        (label, vendor, market, _ts(start_ms), p, *_counts(counts), now)
-                        for (p, label, vendor, market, start_ms), counts in write.rows[i : i + UPSERT_CHUNK_ROWS]
+                        (
+                            label,
+                            vendor,
+                            market,
+                            starts.get(start_ms) or starts.setdefault(start_ms, _ts(start_ms)),
+                            p,
+                            *c,
+                            now,
+                        )
+                        for (p, label, vendor, market, start_ms), c in write.rows[i : i + UPSERT_CHUNK_ROWS]
                     ]
                     await pg.executemany(PG_ADD_BUCKETS, records)
         return True

@@ -38,9 +38,7 @@ async def test_actions_are_authorised_recorded_published_and_exported(
     # Buckets of the last hour for three pairs; with MODQ_METRIC_VENDORS=V01 the other two pool as "other".
     minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
     counts = {"V01": (200, 10), "V02": (100, 20), "V03": (100, 0)}
-    rows = [
-        ((0, "SCAMS_AND_FRAUD", v, "DE", minute), [float(n), float(e)] + [0.0] * 10) for v, (n, e) in counts.items()
-    ]
+    rows = [((0, "SCAMS_AND_FRAUD", v, "DE", minute), [n, e] + [0] * 10) for v, (n, e) in counts.items()]
     await sink.write_book(BookWrite(1, rows, {}, 0))
     _, operator_key = await create_key(engine, "pm-anna", "operator")
     _, viewer_key = await create_key(engine, "dashboard", "viewer")

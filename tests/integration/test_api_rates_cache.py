@@ -32,7 +32,7 @@ async def test_rates_answers_are_shared_then_refreshed(
         """The bucket's counts replaced (a write that resets partition 0 from that minute)."""
         nonlocal seq
         seq += 1
-        row = ((0, "SCAMS_AND_FRAUD", "V01", "DE", minute), [float(verdicts), 1.0] + [0.0] * 10)
+        row = ((0, "SCAMS_AND_FRAUD", "V01", "DE", minute), [verdicts, 1] + [0] * 10)
         await sink.write_book(BookWrite(seq, [row], {0: minute}, 0))
 
     await write(100)

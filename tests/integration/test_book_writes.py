@@ -22,8 +22,8 @@ MINUTE = 60_000
 T0 = 1_790_000_040_000 - 1_790_000_040_000 % MINUTE
 
 
-def row(p: int, vendor: str, minute: int, verdicts: float, weighted: float = 0.0) -> tuple[BookKey, Counts]:
-    counts = [0.0] * len(COUNT_FIELDS)
+def row(p: int, vendor: str, minute: int, verdicts: int, weighted: float = 0.0) -> tuple[BookKey, Counts]:
+    counts: Counts = [0] * len(COUNT_FIELDS)
     counts[0] = verdicts
     counts[COUNT_FIELDS.index("weighted_verdicts")] = weighted
     return (p, "SCAMS_AND_FRAUD", vendor, "DE", T0 + minute * MINUTE), counts
