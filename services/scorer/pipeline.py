@@ -80,6 +80,7 @@ class BookWrite:
     rows: list[tuple[BookKey, Counts]]
     resets: dict[int, int]
     generation: int  # the book's rebuild count when taken: a rebuild supersedes older writes
+    rebuilt: int = 0  # how many of the rows a rebuild recomputed (see ``RateBook.backlog_rows``)
 
 
 class RateBook:
@@ -103,6 +104,7 @@ class RateBook:
         self._generation = 0
         self._in_flight: BookWrite | None = None
         self._failed: BookWrite | None = None  # to be written again as it was
+        self._rebuilt = 0  # rows of the last rebuild still pending
 
     def apply(self, partition: int, deltas: Deltas) -> None:
         for bucket, delta in deltas.buckets.items():
@@ -155,6 +157,7 @@ class RateBook:
         for partition, deltas in by_partition.items():
             self.apply(partition, deltas)
         self.ignored = ignored  # closed buckets skipped by a rebuild are not dropped changes
+        self._rebuilt = len(self.pending)
         return newest
 
     def _closed(self, key: BookKey) -> bool:
@@ -169,8 +172,8 @@ class RateBook:
             if not self.pending and not self.resets:
                 return None
             self._seq += 1
-            write = BookWrite(self._seq, list(self.pending.items()), self.resets, self._generation)
-            self.pending, self.resets = {}, {}
+            write = BookWrite(self._seq, list(self.pending.items()), self.resets, self._generation, self._rebuilt)
+            self.pending, self.resets, self._rebuilt = {}, {}, 0
         self._in_flight = write
         return write
 
@@ -197,7 +200,14 @@ class RateBook:
         return min((k[4] for k in keys if k[0] == partition), default=None)
 
     def pending_rows(self) -> int:
+        """Rows not yet in the database."""
         return len(self.pending) + sum(len(w.rows) for w in (self._in_flight, self._failed) if w is not None)
+
+    def backlog_rows(self) -> int:
+        """Rows not yet in the database, less those a rebuild recomputed: the ones that grow when
+        writes fall behind (a rebuild's are written while processing goes on)."""
+        writes = (w for w in (self._in_flight, self._failed) if w is not None)
+        return len(self.pending) - self._rebuilt + sum(len(w.rows) - w.rebuilt for w in writes)
 
 
 def pair_key(policy_label: str, vendor_id: str) -> bytes:

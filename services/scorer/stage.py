@@ -206,10 +206,10 @@ class DecisionStage:
         buffers fill and fetching pauses), so a slow or unavailable database bounds memory
         instead of growing it. The stall check does not count the wait as a stall."""
         now = time.monotonic()
-        if self.book.pending_rows() >= self.settings.scorer_max_pending_buckets:
+        if self.book.backlog_rows() >= self.settings.scorer_max_pending_buckets:
             if self.db_wait_since is None:
                 self.db_wait_since = now
-                log.warning("waiting for database writes to catch up", extra={"buckets": self.book.pending_rows()})
+                log.warning("waiting for database writes to catch up", extra={"buckets": self.book.backlog_rows()})
             return True
         if self.db_wait_since is not None:
             self.metrics.database_wait.inc(now - self.db_wait_since)
