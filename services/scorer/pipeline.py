@@ -60,6 +60,7 @@ def score_batch(events: list[WireEvent], load: Load, into: Deltas | None = None)
 
 
 WIDTH = len(COUNT_FIELDS)
+REBUILD_CHUNK_RECORDS = 20_000
 
 BookKey = tuple[int, str, str, str, int]
 """(partition, policy_label, vendor_id, market, bucket_start_ms)."""
@@ -77,7 +78,7 @@ class BookWrite:
     """
 
     seq: int
-    rows: list[tuple[BookKey, Counts]]
+    rows: dict[BookKey, Counts]
     resets: dict[int, int]
     generation: int  # the book's rebuild count when taken: a rebuild supersedes older writes
     rebuilt: int = 0  # how many of the rows a rebuild recomputed (see ``RateBook.backlog_rows``)
@@ -105,6 +106,7 @@ class RateBook:
         self._in_flight: BookWrite | None = None
         self._failed: BookWrite | None = None  # to be written again as it was
         self._rebuilt = 0  # rows of the last rebuild still pending
+        self._starts: dict[int, int] = {}
 
     def apply(self, partition: int, deltas: Deltas) -> None:
         for bucket, delta in deltas.buckets.items():
@@ -125,6 +127,7 @@ class RateBook:
             # The key's strings come from one decoded event; interned, the rows share a few
             # hundred strings instead of keeping three each.
             _, label, vendor, market, start = key
+            start = self._starts.setdefault(start, start)  # one int object per minute, not per row
             key = (partition, sys.intern(label), sys.intern(vendor), sys.intern(market), start)
             row = self.pending[key] = zero_counts()  # ints but the weighted sums: written as they are
         return row
@@ -143,19 +146,24 @@ class RateBook:
         records, to replace theirs in the database; returns each partition's newest ``touched_ms``
         (read on the same pass). Pending changes of other partitions are dropped (their new owner
         rebuilds them), as is any write not yet confirmed (this one replaces its effect)."""
-        by_partition: dict[int, Deltas] = {}
-        newest: dict[int, int] = {}
-        for partition, raw in records:
-            state = decode_state(raw)
-            add_contribution(state, by_partition.setdefault(partition, Deltas()))
-            newest[partition] = max(state.touched_ms, newest.get(partition, 0))
         self._generation += 1
         self._failed = None
         self.pending = {}
         self.resets = {p: self.horizon.get(p, 0) for p in partitions}
         ignored = self.ignored
-        for partition, deltas in by_partition.items():
-            self.apply(partition, deltas)
+        newest: dict[int, int] = {}
+        # Straight into the pending rows, a chunk of records at a time: a rebuild recomputes
+        # millions of rows, and a second full copy (per-partition deltas) doubled its peak.
+        chunk, chunk_partition, in_chunk = Deltas(), -1, 0
+        for partition, raw in records:
+            if partition != chunk_partition or in_chunk >= REBUILD_CHUNK_RECORDS:
+                self.apply(chunk_partition, chunk)
+                chunk, chunk_partition, in_chunk = Deltas(), partition, 0
+            state = decode_state(raw)
+            add_contribution(state, chunk)
+            in_chunk += 1
+            newest[partition] = max(state.touched_ms, newest.get(partition, 0))
+        self.apply(chunk_partition, chunk)
         self.ignored = ignored  # closed buckets skipped by a rebuild are not dropped changes
         self._rebuilt = len(self.pending)
         return newest
@@ -172,7 +180,9 @@ class RateBook:
             if not self.pending and not self.resets:
                 return None
             self._seq += 1
-            write = BookWrite(self._seq, list(self.pending.items()), self.resets, self._generation, self._rebuilt)
+            if len(self._starts) > 100_000:
+                self._starts = {}  # minutes seen (a few hundred a day): forgotten now and then
+            write = BookWrite(self._seq, self.pending, self.resets, self._generation, self._rebuilt)
             self.pending, self.resets, self._rebuilt = {}, {}, 0
         self._in_flight = write
         return write
@@ -196,7 +206,7 @@ class RateBook:
         keys = [*self.pending]
         for write in (self._in_flight, self._failed):
             if write is not None:
-                keys.extend(k for k, _ in write.rows)
+                keys.extend(write.rows)
         return min((k[4] for k in keys if k[0] == partition), default=None)
 
     def pending_rows(self) -> int:

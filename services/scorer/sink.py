@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import and_, case, delete, not_
@@ -13,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.db import alert_history, alerts, book_writes, insert_for, rate_buckets
 from services.common.history import parse_ts
 from services.scorer.alerts import AlertEvent
-from services.scorer.pipeline import BookWrite
-from services.scorer.rates import COUNT_FIELDS
+from services.scorer.pipeline import BookKey, BookWrite
+from services.scorer.rates import COUNT_FIELDS, Counts
 
 UPSERT_CHUNK_ROWS = 5_000
 _BUCKET_KEY = ("policy_label", "vendor_id", "market", "bucket_start", "partition")
@@ -40,6 +41,13 @@ PG_CLAIM_WRITE = (
     " WHERE book_writes.seq < EXCLUDED.seq RETURNING seq"
 )
 """Records a write's number; returns no row if the writer already applied it."""
+
+
+def _chunks(write: BookWrite) -> Iterator[list[tuple[BookKey, Counts]]]:
+    """The write's rows, ``UPSERT_CHUNK_ROWS`` at a time (parameters built for one chunk only)."""
+    rows = iter(write.rows.items())
+    while chunk := list(islice(rows, UPSERT_CHUNK_ROWS)):
+        yield chunk
 
 
 def _ts(ms: int) -> datetime:
@@ -85,7 +93,7 @@ class DbSink:
                         rate_buckets.c.partition == p, rate_buckets.c.bucket_start >= _ts(start_ms)
                     )
                 )
-            for i in range(0, len(write.rows), UPSERT_CHUNK_ROWS):
+            for chunk in _chunks(write):
                 values = [
                     {
                         "partition": p,
@@ -96,7 +104,7 @@ class DbSink:
                         "updated_at": now,
                         **dict(zip(COUNT_FIELDS, counts, strict=True)),
                     }
-                    for (p, label, vendor, market, start_ms), counts in write.rows[i : i + UPSERT_CHUNK_ROWS]
+                    for (p, label, vendor, market, start_ms), counts in chunk
                 ]
                 await conn.execute(add, values)
         return True
@@ -122,7 +130,7 @@ class DbSink:
                 for p, start_ms in write.resets.items():
                     await pg.execute(PG_RESET_PARTITION, p, _ts(start_ms))
                 starts: dict[int, datetime] = {}  # rows of a write share few minutes
-                for i in range(0, len(write.rows), UPSERT_CHUNK_ROWS):
+                for chunk in _chunks(write):
                     records = [
                         (
                             label,
@@ -133,7 +141,7 @@ class DbSink:
                             *c,
                             now,
                         )
-                        for (p, label, vendor, market, start_ms), c in write.rows[i : i + UPSERT_CHUNK_ROWS]
+                        for (p, label, vendor, market, start_ms), c in chunk
                     ]
                     await pg.executemany(PG_ADD_BUCKETS, records)
         return True

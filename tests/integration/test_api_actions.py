@@ -39,7 +39,7 @@ async def test_actions_are_authorised_recorded_published_and_exported(
     minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
     counts = {"V01": (200, 10), "V02": (100, 20), "V03": (100, 0)}
     rows = [((0, "SCAMS_AND_FRAUD", v, "DE", minute), [n, e] + [0] * 10) for v, (n, e) in counts.items()]
-    await sink.write_book(BookWrite(1, rows, {}, 0))
+    await sink.write_book(BookWrite(1, dict(rows), {}, 0))
     _, operator_key = await create_key(engine, "pm-anna", "operator")
     _, viewer_key = await create_key(engine, "dashboard", "viewer")
     await engine.dispose()

@@ -33,7 +33,7 @@ async def test_rates_answers_are_shared_then_refreshed(
         nonlocal seq
         seq += 1
         row = ((0, "SCAMS_AND_FRAUD", "V01", "DE", minute), [verdicts, 1] + [0] * 10)
-        await sink.write_book(BookWrite(seq, [row], {0: minute}, 0))
+        await sink.write_book(BookWrite(seq, dict([row]), {0: minute}, 0))
 
     await write(100)
     port = free_port()

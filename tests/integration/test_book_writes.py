@@ -53,20 +53,61 @@ async def engine(request: pytest.FixtureRequest, database_url: str, tmp_path: Pa
 
 async def test_numbered_writes_add_once_and_a_reset_replaces_a_partition(engine: AsyncEngine) -> None:
     sink = DbSink(engine)
-    first = BookWrite(1, [row(0, "V01", 0, 3, 1.5), row(0, "V01", 1, 2), row(1, "V02", 0, 7)], {}, 0)
+    first = BookWrite(
+        1,
+        dict(
+            [row(0, "V01", 0, 3, 1.5), row(0, "V01", 1, 2), row(1, "V02", 0, 7)],
+        ),
+        {},
+        0,
+    )
     assert await sink.write_book(first)
     assert not await sink.write_book(first)  # applied already (its acknowledgement lost): skipped
-    assert await sink.write_book(BookWrite(2, [row(0, "V01", 0, 1, 0.25), row(0, "V01", 1, -2)], {}, 0))
+    assert await sink.write_book(
+        BookWrite(
+            2,
+            dict(
+                [row(0, "V01", 0, 1, 0.25), row(0, "V01", 1, -2)],
+            ),
+            {},
+            0,
+        )
+    )
     assert await table(engine) == {(0, "V01", 0): (4, 1.75), (0, "V01", 1): (0, 0.0), (1, "V02", 0): (7, 0.0)}
 
     # Another process numbers its own writes.
     other = DbSink(engine)
-    assert await other.write_book(BookWrite(1, [row(1, "V02", 0, 1)], {}, 0))
-    assert not await sink.write_book(BookWrite(2, [row(1, "V02", 0, 100)], {}, 0))
+    assert await other.write_book(
+        BookWrite(
+            1,
+            dict(
+                [row(1, "V02", 0, 1)],
+            ),
+            {},
+            0,
+        )
+    )
+    assert not await sink.write_book(
+        BookWrite(
+            2,
+            dict(
+                [row(1, "V02", 0, 100)],
+            ),
+            {},
+            0,
+        )
+    )
 
     # A rebuild of partition 0 with buckets from minute 1 open: minute 0 keeps what it had,
     # minute 1 and later hold the rebuilt counts only, partition 1 is untouched.
-    rebuilt = BookWrite(3, [row(0, "V01", 1, 5), row(0, "V01", 2, 6)], {0: T0 + MINUTE}, 0)
+    rebuilt = BookWrite(
+        3,
+        dict(
+            [row(0, "V01", 1, 5), row(0, "V01", 2, 6)],
+        ),
+        {0: T0 + MINUTE},
+        0,
+    )
     assert await sink.write_book(rebuilt)
     assert await table(engine) == {
         (0, "V01", 0): (4, 1.75),

@@ -173,7 +173,7 @@ def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
     book.rebuild([0], ((0, raw) for raw in store.values()))
     assert book.resets == {0: horizon}
     assert {k: v for k, v in book.pending.items()} == {
-        k: v for k, v in first.rows if k[4] >= horizon
+        k: v for k, v in first.rows.items() if k[4] >= horizon
     }  # the rebuild's counts are whole: once each decision
     assert all(decode_state(raw).attrs is not None for raw in store.values())
 
