@@ -27,12 +27,11 @@ import asyncpg
 import httpx
 
 from bench.cli import run
+from bench.pg import create_database, drop_database
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
 from services.scorer.rates import COUNT_FIELDS
-
-ADMIN = os.environ.get("MODQ_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 async def fill(dsn: str, hours: int, n_alerts: int) -> None:
@@ -169,12 +168,8 @@ def start_api(env: dict[str, str], port: int, workdir: Path) -> subprocess.Popen
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    name = f"modq_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(ADMIN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = ADMIN.rsplit("/", 1)[0] + "/" + name
-    url = dsn.replace("postgresql://", "postgresql+asyncpg://")
+    name, url = await create_database()
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     workdir = Path(tempfile.mkdtemp(prefix="modq-api-bench-"))
     proc = None
     try:
@@ -228,9 +223,7 @@ async def main_async(args: argparse.Namespace) -> str:
         if proc is not None:
             proc.terminate()
             proc.wait(10)
-        admin = await asyncpg.connect(ADMIN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(name)
     head = ["| request | rate | latency ms: median / p95 / p99 | failed |", "|---|---|---|---|"]
     return (
         "\n".join(head + rows) + f"\n\n{args.hours} h of minute buckets for 1,600 series; {args.alerts:,} alert rows.\n"

@@ -205,11 +205,11 @@ class DecisionStage:
         """True while the rate book holds more unwritten rows than allowed: applying waits (the
         buffers fill and fetching pauses), so a slow or unavailable database bounds memory
         instead of growing it. The stall check does not count the wait as a stall."""
-        now = time.monotonic()
-        if self.book.backlog_rows() >= self.settings.scorer_max_pending_buckets:
+        now, backlog = time.monotonic(), self.book.backlog_rows()
+        if backlog >= self.settings.scorer_max_pending_buckets:
             if self.db_wait_since is None:
                 self.db_wait_since = now
-                log.warning("waiting for database writes to catch up", extra={"buckets": self.book.backlog_rows()})
+                log.warning("waiting for database writes to catch up", extra={"buckets": backlog})
             return True
         if self.db_wait_since is not None:
             self.metrics.database_wait.inc(now - self.db_wait_since)
