@@ -32,7 +32,7 @@ from services.common.config import ScorerSettings
 from services.common.db import make_engine
 from services.common.wire import ERROR_TYPES
 from services.scorer.alerts import AlertEvent
-from services.scorer.pipeline import Detection, RateBook, detect
+from services.scorer.pipeline import Detection, RateBook, RebuildSuperseded, detect
 from services.scorer.sink import DbSink
 from services.scorer.stage import DecisionStage
 
@@ -350,10 +350,22 @@ class Scorer:
         write = self.book.take()
         written = 0
         if write is not None:
+            started = time.monotonic()
             try:
                 if await self.sink.write_book(write):
-                    written = len(write.rows)
+                    written = len(write.rows) + (write.rebuild.rows if write.rebuild else 0)
                 self.book.written(write)
+                if write.rebuild is not None:
+                    log.info(
+                        "rate book rebuilt",
+                        extra={
+                            "partitions": sorted(write.rebuild.partitions),
+                            "rows": write.rebuild.rows,
+                            "seconds": round(time.monotonic() - started, 3),
+                        },
+                    )
+            except RebuildSuperseded:
+                self.book.failed(write)  # superseded: dropped (a newer rebuild replaces it)
             except Exception:
                 self.book.failed(write)
                 self.metrics.flush_failures.inc()

@@ -7,7 +7,7 @@ detector outcomes. Stage 2 (partitioned by (policy_label, vendor_id)): run the p
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -60,10 +60,42 @@ def score_batch(events: list[WireEvent], load: Load, into: Deltas | None = None)
 
 
 WIDTH = len(COUNT_FIELDS)
-REBUILD_CHUNK_RECORDS = 20_000
+REBUILD_STEP_RECORDS = 20_000
+"""Records a rebuild decodes between two turns of the event loop."""
+REBUILD_CHUNK_ROWS = 100_000
+"""Rows a rebuild sums before handing them to the database (about 25 MB)."""
 
 BookKey = tuple[int, str, str, str, int]
 """(partition, policy_label, vendor_id, market, bucket_start_ms)."""
+
+Records = Iterator[tuple[int, bytes]]
+"""(partition, encoded decision state) records."""
+RecordSource = Callable[[], Records]
+"""Opens a consistent view of the decision state of the owned partitions, as of the call: its
+records are read later, while processing goes on (see ``RateBook.rebuild``)."""
+
+
+class RebuildSuperseded(Exception):
+    """A rebuild was abandoned (its partitions were revoked or re-read) while being written."""
+
+
+class Rebuild:
+    """The recomputation of some partitions' open buckets, streamed into the first write after it.
+
+    ``steps`` decodes the records of the view taken when the rebuild started and yields summed
+    rows (at most ``REBUILD_CHUNK_ROWS`` at a time, to be added to the database in the write's
+    transaction after its resets), or None every ``REBUILD_STEP_RECORDS`` records, for the writer
+    to let other work run. A chunk's rows may repeat keys of an earlier chunk: they add up.
+    """
+
+    __slots__ = ("cancelled", "partitions", "rows", "source", "steps")
+
+    def __init__(self, partitions: frozenset[int], source: RecordSource, steps: Iterator[dict[BookKey, Counts] | None]):
+        self.partitions = partitions
+        self.source = source
+        self.steps = steps
+        self.cancelled = False
+        self.rows = 0  # rows handed to the database so far
 
 
 @dataclass(slots=True)
@@ -71,17 +103,18 @@ class BookWrite:
     """One write of the rate book to the database, applied whole and at most once.
 
     ``rows`` are counts to add to the database's rows (ints, but the weighted sums: passed to the
-    database as they are). ``resets`` (partition -> bucket start) are
-    done first: that partition's rows from that start on are deleted, so its rows in this write
-    are then its whole counts (a rebuild). ``seq`` numbers the writes of one process: a write
-    retried after a failure keeps its number, and the database skips a number it has applied.
+    database as they are). ``resets`` (partition -> bucket start) are done first: that
+    partition's rows from that start on are deleted, and ``rebuild`` (if any) then adds their
+    whole counts back, recomputed from the decision state. ``seq`` numbers the writes of one
+    process: a write retried after a failure keeps its number, and the database skips a number
+    it has applied.
     """
 
     seq: int
     rows: dict[BookKey, Counts]
     resets: dict[int, int]
     generation: int  # the book's rebuild count when taken: a rebuild supersedes older writes
-    rebuilt: int = 0  # how many of the rows a rebuild recomputed (see ``RateBook.backlog_rows``)
+    rebuild: Rebuild | None = None
 
 
 class RateBook:
@@ -92,7 +125,9 @@ class RateBook:
     grows with the decisions retained: over a gigabyte at ten million). Only the decision table
     is changelogged. After a recovery the book is rebuilt from the recovered records, and its
     first write replaces the partitions' open buckets in the database (``BookWrite.resets``), so
-    counts written ahead of, or lost behind, the changelog never survive a crash.
+    counts written ahead of, or lost behind, the changelog never survive a crash. A rebuild's rows
+    (millions after a restart with ten million decisions) are never all in memory: they are
+    summed and written a chunk at a time, inside that first write's transaction.
     """
 
     def __init__(self) -> None:
@@ -105,31 +140,43 @@ class RateBook:
         self._generation = 0
         self._in_flight: BookWrite | None = None
         self._failed: BookWrite | None = None  # to be written again as it was
-        self._rebuilt = 0  # rows of the last rebuild still pending
+        self._rebuild: Rebuild | None = None  # started, not yet taken into a write
+        self._held = False  # a rebuild was abandoned: nothing is written until the next one
         self._starts: dict[int, int] = {}
 
     def apply(self, partition: int, deltas: Deltas) -> None:
-        for bucket, delta in deltas.buckets.items():
-            if (row := self._row(partition, bucket)) is not None:
-                add_into(row, delta)
-        for bucket, n in deltas.decisions.items():
-            if (row := self._row(partition, bucket)) is not None:
-                row[F_DECISIONS] += n
+        self._add(partition, deltas, self.pending)
 
-    def _row(self, partition: int, bucket: BucketKey) -> Counts | None:
-        """The pending row of a bucket; None (and counted) if the bucket is closed."""
+    def _add(self, partition: int, deltas: Deltas, into: dict[BookKey, Counts]) -> int:
+        """Add deltas to rows; returns how many changes fell on closed buckets (dropped)."""
+        closed = 0
+        for bucket, delta in deltas.buckets.items():
+            if (row := self._row(partition, bucket, into)) is not None:
+                add_into(row, delta)
+            else:
+                closed += 1
+        for bucket, n in deltas.decisions.items():
+            if (row := self._row(partition, bucket, into)) is not None:
+                row[F_DECISIONS] += n
+            else:
+                closed += 1
+        if into is self.pending:
+            self.ignored += closed
+        return closed
+
+    def _row(self, partition: int, bucket: BucketKey, into: dict[BookKey, Counts]) -> Counts | None:
+        """The row of a bucket in ``into``; None if the bucket is closed."""
         key = (partition, *bucket)
         if self._closed(key):
-            self.ignored += 1
             return None
-        row = self.pending.get(key)
+        row = into.get(key)
         if row is None:
             # The key's strings come from one decoded event; interned, the rows share a few
             # hundred strings instead of keeping three each.
             _, label, vendor, market, start = key
             start = self._starts.setdefault(start, start)  # one int object per minute, not per row
             key = (partition, sys.intern(label), sys.intern(vendor), sys.intern(market), start)
-            row = self.pending[key] = zero_counts()  # ints but the weighted sums: written as they are
+            row = into[key] = zero_counts()  # ints but the weighted sums: written as they are
         return row
 
     def close_before(self, partition: int, horizon_ms: int) -> None:
@@ -141,32 +188,62 @@ class RateBook:
         """
         self.horizon[partition] = max(horizon_ms, self.horizon.get(partition, horizon_ms))
 
-    def rebuild(self, partitions: Iterable[int], records: Iterable[tuple[int, bytes]]) -> dict[int, int]:
-        """Recompute the open buckets of ``partitions`` from (partition, encoded decision state)
-        records, to replace theirs in the database; returns each partition's newest ``touched_ms``
-        (read on the same pass). Pending changes of other partitions are dropped (their new owner
-        rebuilds them), as is any write not yet confirmed (this one replaces its effect)."""
+    def rebuild(self, partitions: Iterable[int], source: RecordSource) -> None:
+        """Recompute the open buckets of ``partitions`` from their decision state, to replace
+        theirs in the database in the next write. ``source`` is called now, for a view of the
+        state as it is now: changes applied from here on are pending changes on top of it.
+        Pending changes are dropped (the view holds them; other partitions' new owner rebuilds
+        them), as is any write not yet confirmed (this one replaces its effect)."""
+        self._cancel()
         self._generation += 1
         self._failed = None
+        self._held = False
         self.pending = {}
-        self.resets = {p: self.horizon.get(p, 0) for p in partitions}
-        ignored = self.ignored
-        newest: dict[int, int] = {}
-        # Straight into the pending rows, a chunk of records at a time: a rebuild recomputes
-        # millions of rows, and a second full copy (per-partition deltas) doubled its peak.
+        parts = frozenset(partitions)
+        self.resets = {p: self.horizon.get(p, 0) for p in parts}
+        if parts:
+            rebuild = Rebuild(parts, source, iter(()))
+            rebuild.steps = self._rebuild_steps(rebuild, source())
+            self._rebuild = rebuild
+
+    def cancel_rebuild(self) -> None:
+        """Abandon any rebuild not yet written (its state is about to be closed or re-read), and
+        write nothing until the next ``rebuild``: the pending changes would miss their base."""
+        if self._rebuild is not None or any(w is not None and w.rebuild for w in (self._in_flight, self._failed)):
+            self._cancel()
+            self._generation += 1
+            self._failed = None
+            self._rebuild = None
+            self.pending, self.resets = {}, {}
+            self._held = True
+
+    def _cancel(self) -> None:
+        for rebuild in (self._rebuild, *(w.rebuild for w in (self._in_flight, self._failed) if w is not None)):
+            if rebuild is not None:
+                rebuild.cancelled = True
+
+    def _rebuild_steps(self, rebuild: Rebuild, records: Records) -> Iterator[dict[BookKey, Counts] | None]:
+        rows: dict[BookKey, Counts] = {}
         chunk, chunk_partition, in_chunk = Deltas(), -1, 0
         for partition, raw in records:
-            if partition != chunk_partition or in_chunk >= REBUILD_CHUNK_RECORDS:
-                self.apply(chunk_partition, chunk)
+            if partition != chunk_partition or in_chunk >= REBUILD_STEP_RECORDS:
+                self._add(chunk_partition, chunk, rows)
+                if in_chunk >= REBUILD_STEP_RECORDS:
+                    if len(rows) >= REBUILD_CHUNK_ROWS:
+                        rebuild.rows += len(rows)
+                        yield rows
+                        rows = {}
+                    else:
+                        yield None
+                if rebuild.cancelled:
+                    raise RebuildSuperseded
                 chunk, chunk_partition, in_chunk = Deltas(), partition, 0
-            state = decode_state(raw)
-            add_contribution(state, chunk)
+            add_contribution(decode_state(raw), chunk)
             in_chunk += 1
-            newest[partition] = max(state.touched_ms, newest.get(partition, 0))
-        self.apply(chunk_partition, chunk)
-        self.ignored = ignored  # closed buckets skipped by a rebuild are not dropped changes
-        self._rebuilt = len(self.pending)
-        return newest
+        self._add(chunk_partition, chunk, rows)
+        if rows:
+            rebuild.rows += len(rows)
+            yield rows
 
     def _closed(self, key: BookKey) -> bool:
         return key[4] < self.horizon.get(key[0], -1)
@@ -174,16 +251,18 @@ class RateBook:
     def take(self) -> BookWrite | None:
         """The next write: a failed one again as it was, else the pending changes (None: nothing).
         Its rows count as unwritten until ``written`` is called with it."""
+        if self._held:
+            return None
         write = self._failed
         self._failed = None
         if write is None:
-            if not self.pending and not self.resets:
+            if not self.pending and not self.resets and self._rebuild is None:
                 return None
             self._seq += 1
             if len(self._starts) > 100_000:
                 self._starts = {}  # minutes seen (a few hundred a day): forgotten now and then
-            write = BookWrite(self._seq, self.pending, self.resets, self._generation, self._rebuilt)
-            self.pending, self.resets, self._rebuilt = {}, {}, 0
+            write = BookWrite(self._seq, self.pending, self.resets, self._generation, self._rebuild)
+            self.pending, self.resets, self._rebuild = {}, {}, None
         self._in_flight = write
         return write
 
@@ -194,30 +273,36 @@ class RateBook:
 
     def failed(self, write: BookWrite) -> None:
         """The write may or may not be in the database: it goes again, whole, under its number,
-        unless a rebuild has replaced it since."""
+        unless a rebuild has replaced it since. A write carrying a rebuild has consumed its view
+        of the state: the rebuild starts again from a new view (which holds the changes since)."""
         if self._in_flight is write:
             self._in_flight = None
-        if write.generation == self._generation:
+        if write.generation != self._generation:
+            return
+        if write.rebuild is not None:
+            self.rebuild(write.rebuild.partitions, write.rebuild.source)
+        else:
             self._failed = write
+
+    def _unwritten(self) -> list[BookWrite]:
+        return [w for w in (self._in_flight, self._failed) if w is not None]
 
     def unwritten_from(self, partition: int) -> int | None:
         """Start of the partition's oldest bucket with changes not yet in the database (None: all
-        written)."""
-        keys = [*self.pending]
-        for write in (self._in_flight, self._failed):
-            if write is not None:
-                keys.extend(write.rows)
-        return min((k[4] for k in keys if k[0] == partition), default=None)
+        written); a rebuild not yet written counts from its reset."""
+        starts = [k[4] for k in self.pending if k[0] == partition]
+        for write in self._unwritten():
+            starts.extend(k[4] for k in write.rows if k[0] == partition)
+        for resets in (self.resets, *(w.resets for w in self._unwritten())):
+            if partition in resets:
+                starts.append(resets[partition])
+        if self._held:
+            starts.append(self.horizon.get(partition, 0))
+        return min(starts, default=None)
 
     def pending_rows(self) -> int:
-        """Rows not yet in the database."""
-        return len(self.pending) + sum(len(w.rows) for w in (self._in_flight, self._failed) if w is not None)
-
-    def backlog_rows(self) -> int:
-        """Rows not yet in the database, less those a rebuild recomputed: the ones that grow when
-        writes fall behind (a rebuild's are written while processing goes on)."""
-        writes = (w for w in (self._in_flight, self._failed) if w is not None)
-        return len(self.pending) - self._rebuilt + sum(len(w.rows) - w.rebuilt for w in writes)
+        """Changed rows not yet in the database (a rebuild's are never held: see ``Rebuild``)."""
+        return len(self.pending) + sum(len(w.rows) for w in self._unwritten())
 
 
 def pair_key(policy_label: str, vendor_id: str) -> bytes:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -43,10 +44,20 @@ PG_CLAIM_WRITE = (
 """Records a write's number; returns no row if the writer already applied it."""
 
 
-def _chunks(write: BookWrite) -> Iterator[list[tuple[BookKey, Counts]]]:
-    """The write's rows, ``UPSERT_CHUNK_ROWS`` at a time (parameters built for one chunk only)."""
-    rows = iter(write.rows.items())
-    while chunk := list(islice(rows, UPSERT_CHUNK_ROWS)):
+async def _chunks(write: BookWrite) -> AsyncIterator[list[tuple[BookKey, Counts]]]:
+    """The write's rows, ``UPSERT_CHUNK_ROWS`` at a time (parameters built for one chunk only):
+    first its rebuild's, summed a chunk at a time as they are read (the event loop gets a turn
+    between steps), then its changes."""
+    if write.rebuild is not None:
+        for rows in write.rebuild.steps:
+            if rows is None:
+                await asyncio.sleep(0)
+                continue
+            items = iter(rows.items())
+            while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
+                yield chunk
+    items = iter(write.rows.items())
+    while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
         yield chunk
 
 
@@ -93,7 +104,7 @@ class DbSink:
                         rate_buckets.c.partition == p, rate_buckets.c.bucket_start >= _ts(start_ms)
                     )
                 )
-            for chunk in _chunks(write):
+            async for chunk in _chunks(write):
                 values = [
                     {
                         "partition": p,
@@ -130,7 +141,7 @@ class DbSink:
                 for p, start_ms in write.resets.items():
                     await pg.execute(PG_RESET_PARTITION, p, _ts(start_ms))
                 starts: dict[int, datetime] = {}  # rows of a write share few minutes
-                for chunk in _chunks(write):
+                async for chunk in _chunks(write):
                     records = [
                         (
                             label,

@@ -44,7 +44,7 @@ from services.common.config import ScorerSettings
 from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.wire import WireEvent, decode_batch
 from services.scorer.join import Deltas, Outcome, expired, touched_ms
-from services.scorer.pipeline import RateBook, group_outcomes, score_batch
+from services.scorer.pipeline import RateBook, Records, group_outcomes, score_batch
 from services.scorer.states import MemoryStates, PartitionStates, RocksStates
 
 log = logging.getLogger("modq.scorer.stage")
@@ -205,7 +205,7 @@ class DecisionStage:
         """True while the rate book holds more unwritten rows than allowed: applying waits (the
         buffers fill and fetching pauses), so a slow or unavailable database bounds memory
         instead of growing it. The stall check does not count the wait as a stall."""
-        now, backlog = time.monotonic(), self.book.backlog_rows()
+        now, backlog = time.monotonic(), self.book.pending_rows()
         if backlog >= self.settings.scorer_max_pending_buckets:
             if self.db_wait_since is None:
                 self.db_wait_since = now
@@ -561,13 +561,29 @@ class DecisionStage:
 
     def _rebuild_book(self) -> None:
         """The book from the state, after a recovery: buckets closed by the recovered sweep cutoff
-        stay closed (their counts may be gone with expired state; the database has them)."""
+        stay closed (their counts may be gone with expired state; the database has them). The
+        rebuild reads a view of the state taken now, while processing goes on; the watermarks
+        rise to the newest event time in it as it is read (no sweep runs until it is written)."""
         for p in self.owned:
             if p in self._swept:
                 self.book.close_before(p, self._swept[p])
-        newest = self.book.rebuild(self.owned, ((p, raw) for p in self.owned for raw in self._states(p).values()))
-        for p in self.owned:
-            self.watermark[p] = newest.get(p, 0)
+            self.watermark[p] = 0
+        self.book.rebuild(self.owned, self._state_view)
+
+    def _state_view(self) -> Records:
+        """The owned partitions' decision state as it is now (see ``RateBook.rebuild``)."""
+        views = [(p, self._states(p).snapshot()) for p in sorted(self.owned)]  # taken now, read later
+        watermark = self.watermark
+
+        def records() -> Records:
+            for p, values in views:
+                newest = 0
+                for raw in values:
+                    newest = max(newest, touched_ms(raw))
+                    yield p, raw
+                watermark[p] = max(newest, watermark.get(p, 0))
+
+        return records()
 
     async def _roll_back(self, parts: set[int]) -> None:
         """After a failed write: state from the changelog, consumption from the committed offsets."""
@@ -609,6 +625,7 @@ class DecisionStage:
         return states
 
     def _drop_states(self, p: int) -> None:
+        self.book.cancel_rebuild()  # a rebuild still reading the store must stop
         states = self.states.pop(p, None)
         if states is not None:
             states.close()

@@ -10,7 +10,7 @@ Keys are decision ids, values encoded ``DecisionState`` records (``join.encode_s
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -27,6 +27,9 @@ class PartitionStates(Protocol):
 
     def values(self) -> Iterable[bytes]: ...
 
+    def snapshot(self) -> Iterator[bytes]:
+        """The values as they are now, read later: writes made meanwhile are not seen."""
+
     def count(self) -> int:
         """Number of decisions (estimated for RocksDB)."""
 
@@ -42,6 +45,9 @@ class MemoryStates(dict[bytes, bytes]):
                 self.pop(key, None)
             else:
                 self[key] = value
+
+    def snapshot(self) -> Iterator[bytes]:
+        return iter(list(self.values()))  # references to the (immutable) values: 8 bytes each
 
     def count(self) -> int:
         return len(self)
@@ -109,6 +115,11 @@ class RocksStates:
 
     def values(self) -> Iterable[bytes]:
         return cast("Iterable[bytes]", self._db.values())
+
+    def snapshot(self) -> Iterator[bytes]:
+        # A RocksDB iterator reads the database as it was when the iterator was created (an
+        # implicit snapshot). rocksdict's own Snapshot does not pass itself to its iterators.
+        return iter(cast("Iterable[bytes]", self._db.values()))
 
     def count(self) -> int:
         return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)

@@ -117,3 +117,57 @@ async def test_numbered_writes_add_once_and_a_reset_replaces_a_partition(engine:
     }
     assert await sink.forget_writers(idle_s=3600) == 0
     assert await sink.forget_writers(idle_s=-60) == 2  # both writers' numbers
+
+
+async def test_a_rebuild_is_written_in_chunks_in_one_transaction(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild's rows, summed a few records at a time (keys repeating across chunks), add up to
+    the incremental book's; one abandoned half-way leaves the database as it was."""
+    from services.common.wire import decode_batch, encode_batch
+    from services.scorer import pipeline
+    from services.scorer.pipeline import RateBook, RebuildSuperseded, score_batch
+    from tests import factories
+    from tests.unit.test_join import wire
+
+    monkeypatch.setattr(pipeline, "REBUILD_STEP_RECORDS", 7)
+    monkeypatch.setattr(pipeline, "REBUILD_CHUNK_ROWS", 4)
+    events = []
+    for n in range(60):
+        vendor = f"V0{n % 3}"
+        events.append(wire("decision", factories.decision(f"d{n}", vendor_id=vendor, event_time=factories.ts(n * 9))))
+        events.append(wire("verdict", factories.verdict(f"d{n}", error=n % 4 == 0, event_time=factories.ts(n * 9))))
+    store: dict[bytes, bytes] = {}
+    live = RateBook()
+    writes, deltas = score_batch(decode_batch(encode_batch(events)), store.get)
+    store.update(writes)
+    live.apply(0, deltas)
+    sink = DbSink(engine)
+    incremental = live.take()
+    assert incremental is not None and await sink.write_book(incremental)
+    expected = await table(engine)
+
+    book, sink = RateBook(), DbSink(engine)  # a restarted process: a new writer
+    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    abandoned = book.take()
+    assert abandoned is not None and abandoned.rebuild is not None
+    steps = abandoned.rebuild.steps
+
+    def cancel_after_first_rows() -> pipeline.Iterator[dict[BookKey, Counts] | None]:
+        for step in steps:
+            yield step
+            if step:
+                book.cancel_rebuild()  # the partition is revoked while its rows are being written
+
+    abandoned.rebuild.steps = cancel_after_first_rows()
+    with pytest.raises(RebuildSuperseded):
+        await sink.write_book(abandoned)
+    book.failed(abandoned)
+    assert await table(engine) == expected  # rolled back: nothing deleted, nothing added
+
+    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    rebuilt = book.take()
+    assert rebuilt is not None and rebuilt.rebuild is not None
+    assert await sink.write_book(rebuilt)
+    assert rebuilt.rebuild.rows > len(expected)  # chunks repeated keys: they were added up
+    assert await table(engine) == expected

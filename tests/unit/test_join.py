@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import msgspec
 import orjson
 
 from services.common.events import EVENT_TYPES
 from services.common.wire import WireEvent, decode_batch, encode_batch, encode_event
-from services.scorer.pipeline import score_batch
-from services.scorer.rates import COUNT_FIELDS, F_APPEALS, F_DECISIONS, F_ERRORS, F_OVER, F_OVERTURNED, F_VERDICTS
+from services.scorer.pipeline import BookKey, BookWrite, score_batch
+from services.scorer.rates import (
+    COUNT_FIELDS,
+    F_APPEALS,
+    F_DECISIONS,
+    F_ERRORS,
+    F_OVER,
+    F_OVERTURNED,
+    F_VERDICTS,
+    Counts,
+    add_into,
+    zero_counts,
+)
 from tests import factories
 
 
@@ -127,9 +139,21 @@ def test_rate_book_rebuilt_from_decision_states_equals_the_incremental_one() -> 
             stores[p].update(writes)
             live.apply(p, deltas)
     rebuilt = RateBook()
-    rebuilt.rebuild(stores, ((p, raw) for p, store in stores.items() for raw in store.values()))
-    assert rebuilt.pending == {k: v for k, v in live.pending.items() if any(v)}
-    assert rebuilt.resets == {0: 0, 1: 0}  # the first write replaces the partitions' buckets
+    rebuilt.rebuild(stores, lambda: ((p, raw) for p, store in stores.items() for raw in store.values()))
+    assert not rebuilt.pending and rebuilt.resets == {0: 0, 1: 0}  # the first write replaces their buckets
+    write = rebuilt.take()
+    assert write is not None and write.rebuild is not None
+    assert rebuild_rows(write) == {k: v for k, v in live.pending.items() if any(v)}
+
+
+def rebuild_rows(write: BookWrite) -> dict[BookKey, Counts]:
+    """A rebuild's rows summed over its chunks (keys may repeat across chunks: they add up)."""
+    assert write.rebuild is not None
+    rows: dict[BookKey, Counts] = {}
+    for chunk in write.rebuild.steps:
+        for key, counts in (chunk or {}).items():
+            add_into(rows.setdefault(key, zero_counts()), counts)
+    return rows
 
 
 def test_touched_ms_read_off_the_end_equals_the_decoded_field() -> None:
@@ -170,9 +194,11 @@ def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
     book.apply(0, deltas)  # changes to both closed and open buckets
     assert book.ignored == sum(1 for k in deltas.decisions if k[3] < horizon)
     assert {k[4] for k in book.pending} == {s for s in starts if s >= horizon}
-    book.rebuild([0], ((0, raw) for raw in store.values()))
-    assert book.resets == {0: horizon}
-    assert {k: v for k, v in book.pending.items()} == {
+    book.rebuild([0], lambda: ((0, raw) for raw in store.values()))
+    assert book.resets == {0: horizon} and book.unwritten_from(0) == horizon
+    rebuilt = book.take()
+    assert rebuilt is not None
+    assert rebuild_rows(rebuilt) == {
         k: v for k, v in first.rows.items() if k[4] >= horizon
     }  # the rebuild's counts are whole: once each decision
     assert all(decode_state(raw).attrs is not None for raw in store.values())
@@ -181,20 +207,22 @@ def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
 def test_a_failed_book_write_goes_again_as_it_was_unless_a_rebuild_replaced_it() -> None:
     """A write that failed may have been applied: it is retried whole under its number (the
     database skips a number it has), changes made meanwhile go in the next write; a rebuild
-    replaces a failed write."""
+    replaces a failed write, and a failed rebuild starts again from a new view of the state."""
     from services.scorer.pipeline import RateBook
 
-    events = [wire("decision", factories.decision(f"d{i}", event_time=factories.ts(i * 60))) for i in range(6)]
+    events = [wire("decision", factories.decision(f"d{i}", event_time=factories.ts(i * 60))) for i in range(8)]
     store: dict[bytes, bytes] = {}
     book = RateBook()
-    writes, deltas = score_batch(decode_batch(encode_batch(events[:3])), store.get)
-    store.update(writes)
-    book.apply(0, deltas)
+
+    def apply(batch: list[WireEvent]) -> None:
+        writes, deltas = score_batch(decode_batch(encode_batch(batch)), store.get)
+        store.update(writes)
+        book.apply(0, deltas)
+
+    apply(events[:3])
     first = book.take()
     assert first is not None and first.seq == 1
-    writes, deltas = score_batch(decode_batch(encode_batch(events[3:])), store.get)
-    store.update(writes)
-    book.apply(0, deltas)
+    apply(events[3:6])
     book.failed(first)
     assert book.pending_rows() == 6
     again = book.take()
@@ -203,8 +231,50 @@ def test_a_failed_book_write_goes_again_as_it_was_unless_a_rebuild_replaced_it()
     second = book.take()
     assert second is not None and second.seq == 2 and len(second.rows) == 3
     book.failed(second)
-    book.rebuild([0], ((0, raw) for raw in store.values()))
+    views = 0
+
+    def view() -> Iterator[tuple[int, bytes]]:
+        nonlocal views
+        views += 1
+        return iter([(0, raw) for raw in store.values()])  # taken now, as a store's snapshot is
+
+    book.rebuild([0], view)
+    apply(events[6:7])  # after the view: a change on top of it
     rebuilt = book.take()
-    assert rebuilt is not None and rebuilt.seq == 3 and rebuilt.resets == {0: 0} and len(rebuilt.rows) == 6
-    book.failed(rebuilt)
-    assert book.take() is rebuilt
+    assert rebuilt is not None and rebuilt.seq == 3 and rebuilt.resets == {0: 0} and len(rebuilt.rows) == 1
+    assert len(rebuild_rows(rebuilt)) == 6 and views == 1
+    book.failed(rebuilt)  # its view is consumed: a new one, which holds the change made since
+    apply(events[7:])
+    retried = book.take()
+    assert retried is not None and retried.seq == 4 and retried.resets == {0: 0} and len(retried.rows) == 1
+    assert len(rebuild_rows(retried)) == 7 and views == 2
+    book.written(retried)
+    assert book.take() is None and book.unwritten_from(0) is None
+
+
+def test_an_abandoned_rebuild_stops_and_holds_writes_until_the_next_one() -> None:
+    """When the partitions' state is closed or re-read, a rebuild being written stops at its next
+    step, and nothing is written until the state is rebuilt (pending changes lack their base)."""
+    import pytest
+
+    from services.scorer import pipeline
+    from services.scorer.pipeline import RateBook, RebuildSuperseded
+
+    events = [wire("decision", factories.decision(f"d{i}")) for i in range(5)]
+    store: dict[bytes, bytes] = {}
+    writes, _ = score_batch(decode_batch(encode_batch(events)), store.get)
+    store.update(writes)
+    book = RateBook()
+    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()] * pipeline.REBUILD_STEP_RECORDS))
+    write = book.take()
+    assert write is not None and write.rebuild is not None
+    assert next(write.rebuild.steps) is None  # one step of records read
+    book.cancel_rebuild()
+    with pytest.raises(RebuildSuperseded):
+        next(write.rebuild.steps)
+    book.failed(write)
+    book.apply(0, score_batch(decode_batch(encode_batch(events)), {}.get)[1])
+    assert book.take() is None and book.unwritten_from(0) == 0  # held: nothing closes meanwhile
+    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    again = book.take()
+    assert again is not None and again.generation > write.generation and len(rebuild_rows(again)) == 1
