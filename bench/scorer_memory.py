@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from bench.cli import run
 from bench.pg import create_database, drop_database
 from bench.scorer_throughput import (
+    ScorerRun,
     create_topics,
     free_port,
     make_events,
@@ -59,7 +60,7 @@ async def main_async(args: argparse.Namespace) -> str:
     port = free_port()
     broker = start_broker(port, workdir / "broker.log")
     bootstrap = f"127.0.0.1:{port}"
-    rows = []
+    rows: list[tuple[str, ScorerRun, ScorerRun | None]] = []
     databases: list[str] = []
     try:
         t = time.perf_counter()
@@ -78,34 +79,52 @@ async def main_async(args: argparse.Namespace) -> str:
             env["MODQ_SCORER_STORE"] = store
             env["MODQ_SCORER_DATA_DIR"] = str(workdir / f"data-{store[:-3]}")
             memray = Path(args.memray) if args.memray else None
-            rate, _, rss = run_scorer(env, args.events, workdir, f"scorer-{store[:-3]}.log", memray)
-            print(f"{store}: {rate:,.0f} events/s, RSS {rss / 2**20:,.0f} MiB", flush=True)
+            fill = run_scorer(env, args.events, workdir, f"scorer-{store[:-3]}.log", memray)
+            print(
+                f"{store}: {fill.rate:,.0f} events/s, RSS {fill.rss / 2**20:,.0f} MiB"
+                f" (peak {fill.peak_rss / 2**20:,.0f} MiB)",
+                flush=True,
+            )
             if memray:
                 summary = [str(Path(sys.executable).parent / "memray"), "summary", "-r", "40", str(memray)]
                 done = await asyncio.to_thread(subprocess.run, summary, capture_output=True, text=True, check=False)
                 print(done.stdout, flush=True)
-                rows.append((store, rate, rss, float("nan"), 0))
+                rows.append((store, fill, None))
                 continue
             await produce_more(bootstrap, topic, args.partitions, 10_000)
             verbose = {**env, "MODQ_LOG_LEVEL": "INFO"}
-            _, restart_s, restart_rss = run_scorer(verbose, 10_000, workdir, f"scorer-{store[:-3]}-restart.log")
-            print(f"{store}: restart {restart_s:.1f} s, RSS after {restart_rss / 2**20:,.0f} MiB", flush=True)
-            rows.append((store, rate, rss, restart_s, restart_rss))
+            # Until the rebuilt rate book is in the database too: it is written while processing
+            # goes on, and the peak memory of the restart includes it.
+            restart = run_scorer(
+                verbose, 10_000, workdir, f"scorer-{store[:-3]}-restart.log", settle_on="rate book rebuilt"
+            )
+            print(
+                f"{store}: restart {restart.seconds:.1f} s, rebuild written at {restart.settled_s:.1f} s,"
+                f" RSS {restart.rss / 2**20:,.0f} MiB, peak {restart.peak_rss / 2**20:,.0f} MiB",
+                flush=True,
+            )
+            rows.append((store, fill, restart))
             args.events += 10_000  # the next scorer counts the new events too
     finally:
         broker.terminate()
         broker.wait(10)
         for db_name in databases:
             await drop_database(db_name)
+    mib = 2**20
     table = [
-        "| decision store | events/s | resident memory at the end | restart after kill -9 (until new events"
-        " counted) | resident memory after the restart |",
+        "| decision store | events/s | resident memory at the end (peak) | restart after kill -9: new events"
+        " counted / rebuilt book written | peak resident memory of the restart |",
         "|---|---|---|---|---|",
-        *(
-            f"| `{store}` | {rate:,.0f} | {rss / 2**20:,.0f} MiB | {restart:.1f} s | {rrss / 2**20:,.0f} MiB |"
-            for store, rate, rss, restart, rrss in rows
-        ),
     ]
+    for store, fill, restart in rows:
+        after = (
+            f"{restart.seconds:.1f} s / {restart.settled_s:.1f} s | {restart.peak_rss / mib:,.0f} MiB"
+            if restart is not None
+            else "- | -"
+        )
+        table.append(
+            f"| `{store}` | {fill.rate:,.0f} | {fill.rss / mib:,.0f} MiB ({fill.peak_rss / mib:,.0f} MiB) | {after} |"
+        )
     return (
         "\n".join(table)
         + f"\n\n{decisions:,} distinct decisions in the stream, one scorer process, {args.partitions} partitions,"

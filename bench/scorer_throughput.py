@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -263,16 +264,29 @@ def scorer_env(bootstrap: str, topic: str, partitions: int, workdir: Path) -> di
     }
 
 
-def run_scorer(
-    env: dict[str, str], expect: int, workdir: Path, log: str, memray: Path | None = None
-) -> tuple[float, float, float]:
-    """Start the scorer and wait until it has counted ``expect`` events.
+@dataclass
+class ScorerRun:
+    rate: float  # events/s from the first event counted to the last
+    seconds: float  # from the start of the process to the last event counted
+    rss: int  # resident bytes then
+    peak_rss: int  # the process's peak resident bytes (VmHWM), up to ``settled_s``
+    settled_s: float  # from the start of the process to the ``settle_on`` log line (else ``seconds``)
 
-    Returns (events/s from the first event counted to the last, seconds from the start of the
-    process to the last event counted, resident bytes). The process is killed with SIGKILL at the
-    end, as a crash would, so the next run with the same env recovers from the changelog.
-    ``memray``: run it under memray's tracker writing there (stopped with SIGTERM instead, so the
-    tracker can write its report).
+
+def _status_bytes(pid: int, field: str) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split(f"{field}:")[1].split()[0]) * 1024
+
+
+def run_scorer(
+    env: dict[str, str], expect: int, workdir: Path, log: str, memray: Path | None = None, settle_on: str = ""
+) -> ScorerRun:
+    """Start the scorer and wait until it has counted ``expect`` events (and, with ``settle_on``,
+    until its log has that line: a restart's rate-book rebuild is written while processing goes
+    on, and its peak memory counts too).
+
+    The process is killed with SIGKILL at the end, as a crash would, so the next run with the
+    same env recovers from the changelog. ``memray``: run it under memray's tracker writing there
+    (stopped with SIGTERM instead, so the tracker can write its report).
     """
     port = env["MODQ_SCORER_WEB_PORT"]
     started = time.perf_counter()
@@ -285,22 +299,31 @@ def run_scorer(
     )
     try:
         first = None
+        counted: ScorerRun | None = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             time.sleep(0.2)
+            now = time.perf_counter()
+            if counted is not None:
+                if settle_on.encode() in (workdir / log).read_bytes():
+                    counted.peak_rss = _status_bytes(proc.pid, "VmHWM")
+                    counted.settled_s = now - started
+                    return counted
+                continue
             try:
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except httpx.HTTPError:
                 continue
             done = metric(text, "modq_scorer_events_total")
-            now = time.perf_counter()
             if done > 0 and first is None:
                 first = (now, done)
             if done >= expect:
                 assert first is not None
-                rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
                 rate = (done - first[1]) / (now - first[0]) if now > first[0] else float("nan")
-                return rate, now - started, rss
+                rss = _status_bytes(proc.pid, "VmRSS")
+                counted = ScorerRun(rate, now - started, rss, _status_bytes(proc.pid, "VmHWM"), now - started)
+                if not settle_on:
+                    return counted
         raise RuntimeError(f"scorer did not finish; see {workdir / log}")
     finally:
         if memray:
@@ -350,13 +373,14 @@ async def main_async(args: argparse.Namespace) -> str:
         raw_batches = await raw_consume(bootstrap, batch_topic, args.events, lambda v: len(decode_batch(v)))
         print(f"raw aiokafka + msgspec (batches): {raw_batches:,.0f} events/s", flush=True)
         env = scorer_env(bootstrap, batch_topic, args.partitions, workdir)
-        scorer, _, rss = run_scorer(env, args.events, workdir, "scorer.log")
-        print(f"modq scorer: {scorer:,.0f} events/s, RSS {rss / 2**20:.0f} MiB", flush=True)
+        measured = run_scorer(env, args.events, workdir, "scorer.log")
+        scorer = measured.rate
+        print(f"modq scorer: {scorer:,.0f} events/s, RSS {measured.rss / 2**20:.0f} MiB", flush=True)
         # Restart: the process above was killed with SIGKILL; new events wait on the topic; a new
         # process recovers every decision from the changelog, then counts them.
         await produce_more(bootstrap, batch_topic, args.partitions, 10_000)
         verbose = {**env, "MODQ_LOG_LEVEL": "INFO", "MODQ_FRAMEWORK_LOG_LEVEL": "INFO"}  # the log has the timeline
-        _, restart_s, _ = run_scorer(verbose, 10_000, workdir, "scorer-restart.log")
+        restart_s = run_scorer(verbose, 10_000, workdir, "scorer-restart.log").seconds
         print(f"restart after kill -9: processing again, 10,000 new events counted, {restart_s:.1f} s", flush=True)
         core, per_decision = core_rate(wires)
         print(f"pure core: {core:,.0f} events/s; {per_decision:.0f} bytes stored per decision", flush=True)
@@ -372,7 +396,7 @@ async def main_async(args: argparse.Namespace) -> str:
         f"| the scorer's pure core alone, no I/O | {core:,.0f} | |",
     ]
     return "\n".join(table) + (
-        f"\n\n{args.events:,} events; scorer resident memory at the end: {rss / 2**20:.0f} MiB; "
+        f"\n\n{args.events:,} events; scorer resident memory at the end: {measured.rss / 2**20:.0f} MiB; "
         f"{per_decision:.0f} bytes stored per decision (state and key). Restart after kill -9 with that "
         f"state: {restart_s:.1f} s from the new process's start until 10,000 new events were counted.\n"
     )

@@ -70,8 +70,8 @@ BookKey = tuple[int, str, str, str, int]
 
 Records = Iterator[tuple[int, bytes]]
 """(partition, encoded decision state) records."""
-RecordSource = Callable[[], Records]
-"""Opens a consistent view of the decision state of the owned partitions, as of the call: its
+RecordSource = Callable[[frozenset[int]], Records]
+"""Opens a consistent view of the decision state of the given partitions, as of the call: its
 records are read later, while processing goes on (see ``RateBook.rebuild``)."""
 
 
@@ -203,19 +203,19 @@ class RateBook:
         self.resets = {p: self.horizon.get(p, 0) for p in parts}
         if parts:
             rebuild = Rebuild(parts, source, iter(()))
-            rebuild.steps = self._rebuild_steps(rebuild, source())
+            rebuild.steps = self._rebuild_steps(rebuild, source(parts))
             self._rebuild = rebuild
 
-    def cancel_rebuild(self) -> None:
-        """Abandon any rebuild not yet written (its state is about to be closed or re-read), and
-        write nothing until the next ``rebuild``: the pending changes would miss their base."""
-        if self._rebuild is not None or any(w is not None and w.rebuild for w in (self._in_flight, self._failed)):
-            self._cancel()
-            self._generation += 1
-            self._failed = None
-            self._rebuild = None
-            self.pending, self.resets = {}, {}
-            self._held = True
+    def hold(self) -> None:
+        """Write nothing until the next ``rebuild`` (the state is about to move, be closed or be
+        re-read): a rebuild being written stops at its next step, pending changes are dropped
+        (the next rebuild's view holds them) and a failed write is not retried."""
+        self._cancel()
+        self._generation += 1
+        self._failed = None
+        self._rebuild = None
+        self.pending, self.resets = {}, {}
+        self._held = True
 
     def _cancel(self) -> None:
         for rebuild in (self._rebuild, *(w.rebuild for w in (self._in_flight, self._failed) if w is not None)):

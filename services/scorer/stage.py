@@ -460,6 +460,7 @@ class DecisionStage:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:
+            self.book.hold()  # until the assignment's rebuild: no write of a partition leaving
             await self._settle(rebalancing=True)  # no write of ours may land after the new owner recovered
             await self._commit()
             # Fetched but unapplied records are dropped: after the rebalance consumption restarts
@@ -570,9 +571,9 @@ class DecisionStage:
             self.watermark[p] = 0
         self.book.rebuild(self.owned, self._state_view)
 
-    def _state_view(self) -> Records:
-        """The owned partitions' decision state as it is now (see ``RateBook.rebuild``)."""
-        views = [(p, self._states(p).snapshot()) for p in sorted(self.owned)]  # taken now, read later
+    def _state_view(self, partitions: frozenset[int]) -> Records:
+        """The partitions' decision state as it is now (see ``RateBook.rebuild``)."""
+        views = [(p, self._states(p).snapshot()) for p in sorted(partitions)]  # taken now, read later
         watermark = self.watermark
 
         def records() -> Records:
@@ -625,7 +626,7 @@ class DecisionStage:
         return states
 
     def _drop_states(self, p: int) -> None:
-        self.book.cancel_rebuild()  # a rebuild still reading the store must stop
+        self.book.hold()  # a rebuild still reading the store stops; the next rebuild replaces all
         states = self.states.pop(p, None)
         if states is not None:
             states.close()

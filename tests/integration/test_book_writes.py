@@ -148,7 +148,7 @@ async def test_a_rebuild_is_written_in_chunks_in_one_transaction(
     expected = await table(engine)
 
     book, sink = RateBook(), DbSink(engine)  # a restarted process: a new writer
-    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    book.rebuild([0], lambda _: iter([(0, raw) for raw in store.values()]))
     abandoned = book.take()
     assert abandoned is not None and abandoned.rebuild is not None
     steps = abandoned.rebuild.steps
@@ -157,7 +157,7 @@ async def test_a_rebuild_is_written_in_chunks_in_one_transaction(
         for step in steps:
             yield step
             if step:
-                book.cancel_rebuild()  # the partition is revoked while its rows are being written
+                book.hold()  # the partition is revoked while its rows are being written
 
     abandoned.rebuild.steps = cancel_after_first_rows()
     with pytest.raises(RebuildSuperseded):
@@ -165,7 +165,7 @@ async def test_a_rebuild_is_written_in_chunks_in_one_transaction(
     book.failed(abandoned)
     assert await table(engine) == expected  # rolled back: nothing deleted, nothing added
 
-    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    book.rebuild([0], lambda _: iter([(0, raw) for raw in store.values()]))
     rebuilt = book.take()
     assert rebuilt is not None and rebuilt.rebuild is not None
     assert await sink.write_book(rebuilt)

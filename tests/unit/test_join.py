@@ -139,7 +139,7 @@ def test_rate_book_rebuilt_from_decision_states_equals_the_incremental_one() -> 
             stores[p].update(writes)
             live.apply(p, deltas)
     rebuilt = RateBook()
-    rebuilt.rebuild(stores, lambda: ((p, raw) for p, store in stores.items() for raw in store.values()))
+    rebuilt.rebuild(stores, lambda _: ((p, raw) for p, store in stores.items() for raw in store.values()))
     assert not rebuilt.pending and rebuilt.resets == {0: 0, 1: 0}  # the first write replaces their buckets
     write = rebuilt.take()
     assert write is not None and write.rebuild is not None
@@ -194,7 +194,7 @@ def test_book_keeps_closed_buckets_out_of_rebuilds_and_changes() -> None:
     book.apply(0, deltas)  # changes to both closed and open buckets
     assert book.ignored == sum(1 for k in deltas.decisions if k[3] < horizon)
     assert {k[4] for k in book.pending} == {s for s in starts if s >= horizon}
-    book.rebuild([0], lambda: ((0, raw) for raw in store.values()))
+    book.rebuild([0], lambda _: ((0, raw) for raw in store.values()))
     assert book.resets == {0: horizon} and book.unwritten_from(0) == horizon
     rebuilt = book.take()
     assert rebuilt is not None
@@ -233,7 +233,7 @@ def test_a_failed_book_write_goes_again_as_it_was_unless_a_rebuild_replaced_it()
     book.failed(second)
     views = 0
 
-    def view() -> Iterator[tuple[int, bytes]]:
+    def view(_: frozenset[int]) -> Iterator[tuple[int, bytes]]:
         nonlocal views
         views += 1
         return iter([(0, raw) for raw in store.values()])  # taken now, as a store's snapshot is
@@ -265,16 +265,16 @@ def test_an_abandoned_rebuild_stops_and_holds_writes_until_the_next_one() -> Non
     writes, _ = score_batch(decode_batch(encode_batch(events)), store.get)
     store.update(writes)
     book = RateBook()
-    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()] * pipeline.REBUILD_STEP_RECORDS))
+    book.rebuild([0], lambda _: iter([(0, raw) for raw in store.values()] * pipeline.REBUILD_STEP_RECORDS))
     write = book.take()
     assert write is not None and write.rebuild is not None
     assert next(write.rebuild.steps) is None  # one step of records read
-    book.cancel_rebuild()
+    book.hold()
     with pytest.raises(RebuildSuperseded):
         next(write.rebuild.steps)
     book.failed(write)
     book.apply(0, score_batch(decode_batch(encode_batch(events)), {}.get)[1])
     assert book.take() is None and book.unwritten_from(0) == 0  # held: nothing closes meanwhile
-    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    book.rebuild([0], lambda _: iter([(0, raw) for raw in store.values()]))
     again = book.take()
     assert again is not None and again.generation > write.generation and len(rebuild_rows(again)) == 1

@@ -40,7 +40,7 @@ def test_applying_waits_while_too_many_bucket_rows_are_unwritten() -> None:
     waited = registry.get_sample_value("modq_scorer_database_wait_seconds_total")
     assert waited is not None and waited > 0
     # A rebuild's rows are summed and written a chunk at a time, never held: they do not count.
-    book.rebuild([0], lambda: iter([(0, raw) for raw in store.values()]))
+    book.rebuild([0], lambda _: iter([(0, raw) for raw in store.values()]))
     assert book.pending_rows() == 0 and not stage._waiting_for_database()
     rebuilt = book.take()
     assert rebuilt is not None and rebuilt.rebuild is not None and not stage._waiting_for_database()
