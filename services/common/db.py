@@ -55,6 +55,17 @@ book_writes = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+bucket_owners = Table(
+    "bucket_owners",
+    metadata,
+    # The scorer process that writes a partition's rate buckets: claimed by the rebuild write of a
+    # process the partition moved to, checked (share-locked) by every write, so a write of the
+    # process it left never lands after the new owner's rebuild.
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("writer_id", String(80), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 alerts = Table(
     "alerts",
     metadata,

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import and_, case, delete, not_
+from sqlalchemy import and_, case, delete, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alert_history, alerts, book_writes, insert_for, rate_buckets
+from services.common.db import alert_history, alerts, book_writes, bucket_owners, insert_for, rate_buckets
 from services.common.history import parse_ts
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import BookKey, BookWrite
 from services.scorer.rates import COUNT_FIELDS, Counts
+
+log = logging.getLogger("modq.scorer.sink")
 
 UPSERT_CHUNK_ROWS = 5_000
 _BUCKET_KEY = ("policy_label", "vendor_id", "market", "bucket_start", "partition")
@@ -42,12 +45,39 @@ PG_CLAIM_WRITE = (
     " WHERE book_writes.seq < EXCLUDED.seq RETURNING seq"
 )
 """Records a write's number; returns no row if the writer already applied it."""
+PG_CLAIM_PARTITION = (
+    "INSERT INTO bucket_owners (partition, writer_id, updated_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (partition) DO UPDATE SET writer_id = EXCLUDED.writer_id, updated_at = EXCLUDED.updated_at"
+)
+PG_PARTITION_OWNER = "SELECT writer_id FROM bucket_owners WHERE partition = $1 FOR SHARE"
 
 
-async def _chunks(write: BookWrite) -> AsyncIterator[list[tuple[BookKey, Counts]]]:
+async def _fence(
+    write: BookWrite,
+    writer_id: str,
+    claim: Callable[[int], Awaitable[Any]],
+    owner: Callable[[int], Awaitable[str | None]],
+) -> set[int]:
+    """Claim the partitions the write rebuilds; return the others of its rows that another writer
+    has claimed since (their rows are skipped: the partition moved, and its new owner's rebuild
+    replaced them). A claim locks the partition's owner row and a check share-locks it until the
+    transaction ends, so a new owner's rebuild waits for a write of the old owner still in
+    progress, and both go in ascending partition order (two writers never wait on each other)."""
+    lost: set[int] = set()
+    for p in sorted(set(write.resets) | {key[0] for key in write.rows}):
+        if p in write.resets:
+            await claim(p)
+        elif (holder := await owner(p)) is not None and holder != writer_id:
+            lost.add(p)
+    if lost:
+        log.warning("changes of partitions another scorer writes now dropped", extra={"partitions": sorted(lost)})
+    return lost
+
+
+async def _chunks(write: BookWrite, lost: set[int]) -> AsyncIterator[list[tuple[BookKey, Counts]]]:
     """The write's rows, ``UPSERT_CHUNK_ROWS`` at a time (parameters built for one chunk only):
     first its rebuild's, summed a chunk at a time as they are read (the event loop gets a turn
-    between steps), then its changes."""
+    between steps), then its changes, but those of ``lost`` partitions."""
     if write.rebuild is not None:
         for rows in write.rebuild.steps:
             if rows is None:
@@ -58,7 +88,7 @@ async def _chunks(write: BookWrite) -> AsyncIterator[list[tuple[BookKey, Counts]
                 yield chunk
     items = iter(write.rows.items())
     while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
-        yield chunk
+        yield [row for row in chunk if row[0][0] not in lost] if lost else chunk
 
 
 def _ts(ms: int) -> datetime:
@@ -98,13 +128,29 @@ class DbSink:
         async with self.engine.begin() as conn:
             if (await conn.execute(claim)).first() is None:
                 return False
+
+            async def claim_partition(p: int) -> None:
+                row = {"partition": p, "writer_id": self.writer_id, "updated_at": now}
+                stmt = insert_for(self.engine, bucket_owners).values(row)
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["partition"],
+                        set_={"writer_id": stmt.excluded.writer_id, "updated_at": stmt.excluded.updated_at},
+                    )
+                )
+
+            async def owner(p: int) -> str | None:
+                found = await conn.execute(select(bucket_owners.c.writer_id).where(bucket_owners.c.partition == p))
+                return found.scalar()
+
+            lost = await _fence(write, self.writer_id, claim_partition, owner)
             for p, start_ms in write.resets.items():
                 await conn.execute(
                     delete(rate_buckets).where(
                         rate_buckets.c.partition == p, rate_buckets.c.bucket_start >= _ts(start_ms)
                     )
                 )
-            async for chunk in _chunks(write):
+            async for chunk in _chunks(write, lost):
                 values = [
                     {
                         "partition": p,
@@ -138,10 +184,16 @@ class DbSink:
             async with pg.transaction():
                 if await pg.fetchval(PG_CLAIM_WRITE, self.writer_id, write.seq, now) is None:
                     return False
+                lost = await _fence(
+                    write,
+                    self.writer_id,
+                    lambda p: pg.execute(PG_CLAIM_PARTITION, p, self.writer_id, now),
+                    lambda p: pg.fetchval(PG_PARTITION_OWNER, p),
+                )
                 for p, start_ms in write.resets.items():
                     await pg.execute(PG_RESET_PARTITION, p, _ts(start_ms))
                 starts: dict[int, datetime] = {}  # rows of a write share few minutes
-                async for chunk in _chunks(write):
+                async for chunk in _chunks(write, lost):
                     records = [
                         (
                             label,

@@ -171,3 +171,60 @@ async def test_a_rebuild_is_written_in_chunks_in_one_transaction(
     assert await sink.write_book(rebuilt)
     assert rebuilt.rebuild.rows > len(expected)  # chunks repeated keys: they were added up
     assert await table(engine) == expected
+
+
+async def test_a_partition_moved_to_another_writer_takes_no_more_writes_from_the_old_one(engine: AsyncEngine) -> None:
+    """The new owner's rebuild claims the partition; the old owner's later changes to it are
+    dropped (its other partitions' still land)."""
+    old, new = DbSink(engine), DbSink(engine)
+    assert await old.write_book(BookWrite(1, dict([row(0, "V01", 0, 3), row(1, "V01", 0, 1)]), {0: T0, 1: T0}, 0))
+    assert await new.write_book(BookWrite(1, dict([row(0, "V01", 0, 4)]), {0: T0}, 0))  # p0 moved: rebuilt
+    assert await old.write_book(BookWrite(2, dict([row(0, "V01", 0, 100), row(1, "V01", 0, 2)]), {}, 0))
+    assert await table(engine) == {(0, "V01", 0): (4, 0.0), (1, "V01", 0): (3, 0.0)}
+    assert await new.write_book(BookWrite(2, dict([row(0, "V01", 0, 1)]), {}, 0))
+    assert await table(engine) == {(0, "V01", 0): (5, 0.0), (1, "V01", 0): (3, 0.0)}
+
+
+async def test_a_new_owners_rebuild_waits_for_the_old_owners_write_in_progress(database_url: str) -> None:
+    """On PostgreSQL the claim waits for the share lock of a write still in its transaction, so
+    that write cannot land after the rebuild it would corrupt."""
+    import asyncio
+
+    import asyncpg
+
+    engine = make_engine(database_url)
+    await ensure_schema(engine, auto_migrate=True)
+    try:
+        old, new = DbSink(engine), DbSink(engine)
+        assert await old.write_book(BookWrite(1, dict([row(0, "V01", 0, 3)]), {0: T0}, 0))
+        dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+        holder = await asyncpg.connect(dsn)
+        watcher = await asyncpg.connect(dsn)
+        try:
+            tx = holder.transaction()
+            await tx.start()  # the old owner's write, between its check and its commit
+            assert (
+                await holder.fetchval("SELECT writer_id FROM bucket_owners WHERE partition = 0 FOR SHARE")
+                == old.writer_id
+            )
+            await holder.execute(
+                "UPDATE rate_buckets SET verdicts = verdicts + 100 WHERE partition = 0"
+            )  # its change, not yet committed
+            rebuild = asyncio.create_task(new.write_book(BookWrite(1, dict([row(0, "V01", 0, 4)]), {0: T0}, 0)))
+            for _ in range(200):
+                waiting = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting == 1 and not rebuild.done()
+            await tx.commit()
+            assert await rebuild
+        finally:
+            await holder.close()
+            await watcher.close()
+        assert await table(engine) == {(0, "V01", 0): (4, 0.0)}  # the rebuild came after, whole
+    finally:
+        await engine.dispose()
