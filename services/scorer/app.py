@@ -113,6 +113,7 @@ class Scorer:
         self.metrics = ScorerMetrics(registry or CollectorRegistry())
         self.engine: AsyncEngine | None = None
         self.sink: DbSink | None = None
+        self._sink_ready = asyncio.Event()  # set once on_start has made the sink
         self.book = RateBook()
         self._ignored_reported = 0
         self.stage = DecisionStage(s, self.book, self.metrics, on_batch=self._on_batch)
@@ -214,6 +215,7 @@ class Scorer:
         async def record_alerts(stream: faust.StreamT[bytes]) -> None:
             async for payload in stream:
                 change = _decode_alert(payload)
+                await self._sink_ready.wait()  # alerts can come in before on_start has run
                 await self._retry_db(lambda change=change: self._sink().upsert_alert(change))
 
         @app.timer(interval=s.flush_interval_s)
@@ -224,6 +226,7 @@ class Scorer:
         async def on_start() -> None:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
+            self._sink_ready.set()
             await self._retry_db(self.sink.forget_writers)
 
         @app.on_before_shutdown.connect
