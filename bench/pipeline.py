@@ -478,13 +478,15 @@ def report(
         f"the decisions published. Raw aiokafka + orjson consumer on the upstream decisions topic, same run: "
         f"{raw:,.0f} events/s; the pipeline kept up with {achieved / raw:.0%} of that rate.",
         "",
-        "| stage | mean lag, first half (events) | mean lag, second half | max lag |",
-        "|---|---|---|---|",
+        "| stage | mean lag, first half (events) | mean lag, second half | max lag | lag trend (events/s) |",
+        "|---|---|---|---|---|",
     ]
     for idx, stage in ((1, "ingest (published - handled)"), (2, "scorer (accepted - counted)")):
+        # Least squares through the samples after the warm-up: near zero when the lag does not grow.
+        trend = statistics.linear_regression([x[0] for x in tail], [x[idx] for x in tail]).slope if len(tail) > 1 else 0
         lines.append(
             f"| {stage} | {mean(x[idx] for x in first):,.0f} | {mean(x[idx] for x in second):,.0f} "
-            f"| {max(x[idx] for x in lag):,.0f} |"
+            f"| {max(x[idx] for x in lag):,.0f} | {trend:+,.0f} |"
         )
     lines += ["", "| process | CPU cores used during the load |", "|---|---|"]
     for name in cpu1:
