@@ -97,6 +97,20 @@ async def test_actions_are_authorised_recorded_published_and_exported(
         assert 'modq_alerts_open{rule="error_rate",status="firing"} 6.0' in metrics
         assert 'vendor_id="V02"' not in metrics  # bounded: only configured vendors get their own label
 
+        # The request middleware: NUL refused before routing, requests counted by route template.
+        assert (await client.get("/v1/alerts", params={"vendor_id": "V\x00"})).status_code == 400
+        page = await client.get("/v1/alerts", params={"limit": 3})
+        assert page.status_code == 200 and page.json()["items"][0]["started_at"].endswith("+00:00")
+        assert (await client.get("/v1/alerts/a-0")).status_code == 200
+        lines = (await client.get("/metrics")).text.splitlines()
+        for sample in (
+            'modq_api_requests_total{code="400",route="unmatched"} 1.0',
+            'modq_api_requests_total{code="200",route="/v1/alerts"} 1.0',
+            'modq_api_requests_total{code="200",route="/v1/alerts/{alert_id}"} 1.0',
+            'modq_api_request_duration_seconds_count{route="/v1/alerts"} 1.0',
+        ):
+            assert sample in lines, sample
+
         export = await client.get("/v1/alerts/export.csv")
         assert export.status_code == 200 and export.headers["content-type"].startswith("text/csv")
         rows = list(csv.DictReader(io.StringIO(export.text)))
