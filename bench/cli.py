@@ -12,7 +12,7 @@ def run(main_async: Callable[[argparse.Namespace], Awaitable[str]], **defaults: 
     """Parse ``--<name>`` options (from ``defaults``, typed like them) and ``--out``, run, report."""
     parser = argparse.ArgumentParser()
     for name, default in defaults.items():
-        parser.add_argument(f"--{name}", type=type(default), default=default)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=default)
     parser.add_argument("--out", type=Path, default=None, help="also write the result table here")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

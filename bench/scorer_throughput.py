@@ -64,15 +64,21 @@ def iso_ms(t_ms: int) -> str:
     return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dict[str, object]], list[WireEvent]]:
-    """n upstream events (JSON docs, unless not kept) and their wire forms, in arrival order."""
+def make_events(
+    n: int, seed: int = 1, keep_docs: bool = True, decisions_per_s: float = 200.0
+) -> tuple[list[dict[str, object]], list[WireEvent]]:
+    """n upstream events (JSON docs, unless not kept) and their wire forms, in arrival order;
+    ``decisions_per_s`` decisions per second of event time (200: a day's stream replayed far
+    faster than it happened, so nearly every minute of every series is a bucket row to write; at
+    the rate the scorer is measured at, event time moves as fast as the clock: a live stream)."""
+    spacing_us = 1_000_000 / decisions_per_s
     rnd = random.Random(seed)
     docs: list[dict[str, object]] = []
     wires: list[WireEvent] = []
     pending: list[tuple[int, int, dict[str, object], WireEvent]] = []  # a heap: verdicts released later
     i = 0
     while len(wires) < n:
-        t = T0 + i * 5
+        t = T0 + int(i * spacing_us) // 1000
         did = f"d{i}"
         label, vendor, market = rnd.choice(LABELS), rnd.choice(VENDORS), rnd.choice(MARKETS)
         doc = {
@@ -92,7 +98,7 @@ def make_events(n: int, seed: int = 1, keep_docs: bool = True) -> tuple[list[dic
         if keep_docs:
             docs.append(doc)
         wires.append(wire)
-        if i % 20 == 0:  # one verdict per 20 decisions, released 0-3 minutes later (out of order)
+        if i % 20 == 0:  # one verdict per 20 decisions, released up to 36,000 events later (out of order)
             error = rnd.random() < 0.03
             v = {
                 "schema_version": 1,
@@ -356,7 +362,7 @@ async def main_async(args: argparse.Namespace) -> str:
     bootstrap = f"127.0.0.1:{port}"
     try:
         t = time.perf_counter()
-        docs, wires = make_events(args.events)
+        docs, wires = make_events(args.events, decisions_per_s=args.decisions_per_s)
         kinds = defaultdict(int)
         for w in wires:
             kinds[type(w).__name__] += 1
@@ -396,7 +402,8 @@ async def main_async(args: argparse.Namespace) -> str:
         f"| the scorer's pure core alone, no I/O | {core:,.0f} | |",
     ]
     return "\n".join(table) + (
-        f"\n\n{args.events:,} events; scorer resident memory at the end: {measured.rss / 2**20:.0f} MiB; "
+        f"\n\n{args.events:,} events, {args.decisions_per_s:,.0f} decisions per second of event time;"
+        f" scorer resident memory at the end: {measured.rss / 2**20:.0f} MiB; "
         f"{per_decision:.0f} bytes stored per decision (state and key). Restart after kill -9 with that "
         f"state: {restart_s:.1f} s from the new process's start until 10,000 new events were counted.\n"
     )
@@ -407,7 +414,7 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.cli import run
 
-    run(main_async, events=600_000, partitions=4)
+    run(main_async, events=600_000, partitions=4, decisions_per_s=200.0)
 
 
 if __name__ == "__main__":
