@@ -141,7 +141,7 @@ class RateBook:
         self._in_flight: BookWrite | None = None
         self._failed: BookWrite | None = None  # to be written again as it was
         self._rebuild: Rebuild | None = None  # started, not yet taken into a write
-        self._held = False  # a rebuild was abandoned: nothing is written until the next one
+        self._held = False  # see ``hold``: nothing is written until the next rebuild
         self._starts: dict[int, int] = {}
 
     def apply(self, partition: int, deltas: Deltas) -> None:

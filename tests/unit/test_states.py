@@ -27,6 +27,19 @@ def test_stores_apply_puts_and_deletes_alike(kind: str, tmp_path: Path) -> None:
         again.close()
 
 
+@pytest.mark.parametrize("kind", ["memory", "rocksdb"])
+def test_a_snapshot_reads_the_values_as_they_were_when_taken(kind: str, tmp_path: Path) -> None:
+    """A rebuild reads its view while processing writes on: later puts, changes and deletes must
+    not show (rocksdict's own Snapshot objects do show them when iterated)."""
+    states: PartitionStates = MemoryStates() if kind == "memory" else RocksStates(tmp_path / "p0")
+    states.write({b"%05d" % i: b"v%d" % i for i in range(5_000)})
+    view = states.snapshot()
+    states.write({b"00001": b"changed", b"00002": None, b"new": b"added"})
+    assert list(view) == [b"v%d" % i for i in range(5_000)]
+    assert sorted(states.values()) != sorted(b"v%d" % i for i in range(5_000))  # the store did change
+    states.close()
+
+
 def test_stores_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     import os
 
