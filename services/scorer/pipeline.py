@@ -24,7 +24,7 @@ from services.scorer.join import (
     encode_state,
     new_decision,
 )
-from services.scorer.rates import COUNT_FIELDS, F_DECISIONS, BucketKey, Counts, add_into, zero_counts
+from services.scorer.rates import F_DECISIONS, BucketKey, Counts, add_into, zero_counts
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
@@ -59,7 +59,6 @@ def score_batch(events: list[WireEvent], load: Load, into: Deltas | None = None)
     return {k: encode_state(states[k]) for k in changed}, deltas
 
 
-WIDTH = len(COUNT_FIELDS)
 REBUILD_STEP_RECORDS = 20_000
 """Records a rebuild decodes between two turns of the event loop."""
 REBUILD_CHUNK_ROWS = 100_000
@@ -194,11 +193,8 @@ class RateBook:
         state as it is now: changes applied from here on are pending changes on top of it.
         Pending changes are dropped (the view holds them; other partitions' new owner rebuilds
         them), as is any write not yet confirmed (this one replaces its effect)."""
-        self._cancel()
-        self._generation += 1
-        self._failed = None
+        self.hold()  # everything before this view is superseded
         self._held = False
-        self.pending = {}
         parts = frozenset(partitions)
         self.resets = {p: self.horizon.get(p, 0) for p in parts}
         if parts:
@@ -218,7 +214,7 @@ class RateBook:
         self._held = True
 
     def _cancel(self) -> None:
-        for rebuild in (self._rebuild, *(w.rebuild for w in (self._in_flight, self._failed) if w is not None)):
+        for rebuild in (self._rebuild, *(w.rebuild for w in self._unwritten())):
             if rebuild is not None:
                 rebuild.cancelled = True
 
