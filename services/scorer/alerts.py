@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from services.scorer.drift import BernoulliCusum, BernoulliRecovery, arl0_for_budget, design
+from services.scorer.drift import BernoulliRecovery, MixtureShiryaevRoberts, arl0_for_budget, mixture_design
 from services.scorer.rates import wilson_interval
 
 AlertStatus = Literal["firing", "resolved"]
@@ -107,6 +107,7 @@ class MonitorState(msgspec.Struct, array_like=True):
     baseline_source: str = "learning"
     first_ms: int = 0
     total_n: int = 0
+    mixture: tuple[float, ...] = ()  # the detector's Shiryaev-Roberts sums (empty: start at 0)
 
 
 @dataclass(slots=True)
@@ -118,7 +119,7 @@ class PairMonitor:
     vendor_id: str
     policy: MonitorPolicy = field(default_factory=MonitorPolicy)
     state: MonitorState = field(default_factory=MonitorState)
-    detector: BernoulliCusum | None = field(init=False, default=None)
+    detector: MixtureShiryaevRoberts | None = field(init=False, default=None)
     _design: tuple[float, float] = field(init=False, default=(0.0, 0.0))
     _recovery: BernoulliRecovery | None = field(init=False, default=None)
 
@@ -164,23 +165,28 @@ class PairMonitor:
         return arl0_for_budget(st.total_n / span_days, pol.monitors_in_fleet, pol.false_alerts_per_day, pol.min_arl0)
 
     def _refresh(self, t_ms: int = 0) -> None:
-        """(Re)build the detector when its baseline or ARL0 moved; the CUSUM statistic carries over."""
+        """(Re)build the detector when its baseline or ARL0 moved; its statistics carry over."""
         p0, arl0 = self.baseline_rate(), self.arl0(t_ms)
         old_p0, old_arl = self._design
         if self.detector is not None and abs(p0 - old_p0) <= 0.02 * old_p0 and abs(arl0 - old_arl) <= 0.1 * old_arl:
             return
         self._design = (p0, arl0)
-        p0_r, p1, h = design(p0, arl0)
-        s, n, e = self.detector.to_state() if self.detector is not None else self.state.cusum
-        self.detector = BernoulliCusum(p0_r, p1, h)
-        self.detector.load_state([s, n, e])
-        self._recovery = BernoulliRecovery(p0_r, p1, self.policy.resolve_threshold)
+        carried = self.detector.to_state() if self.detector is not None else [*self.state.cusum, *self.state.mixture]
+        self.detector = MixtureShiryaevRoberts(*mixture_design(p0, arl0))
+        self.detector.load_state(carried)
+        self._recovery = BernoulliRecovery(self.detector.p0, self.detector.p1, self.policy.resolve_threshold)
 
     def snapshot(self) -> MonitorState:
         assert self.detector is not None
         d = self.detector
-        self.state.cusum = (d.s, d.n, d.errors)
+        self.state.cusum = (d.cusum.s, d.n, d.errors)
+        self.state.mixture = tuple(d.r)
         return self.state
+
+    def statistic(self) -> float:
+        """The detector's statistic (log of its Shiryaev-Roberts sum), for the metrics."""
+        assert self.detector is not None
+        return self.detector.statistic
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -236,7 +242,7 @@ class PairMonitor:
         else:
             st.baseline, st.baseline_source = rate, "operator"
         assert self.detector is not None
-        self.detector.s, self.detector.n, self.detector.errors = 0.0, 0, 0
+        self.detector.reset()
         self._design = (0.0, 0.0)
         self._refresh(t_ms)
         if st.firing:

@@ -81,7 +81,7 @@ class ScorerMetrics:
         )
         self.statistic = Gauge(
             "modq_scorer_detector_statistic",
-            "CUSUM statistic of a pair's monitor (alarms above its threshold); bounded labels",
+            "Drift statistic of a pair's monitor: log of its Shiryaev-Roberts sum, alarms above log A; bounded labels",
             ["policy_label", "vendor_id", "rule"],
             registry=registry,
         )

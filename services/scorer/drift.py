@@ -1,10 +1,22 @@
 """Sequential drift detection on Bernoulli error streams. Pure and deterministic, no I/O.
 
-The detector is a Bernoulli CUSUM (Reynolds & Stoumbos, 1999): it accumulates the
-log-likelihood ratio of "error rate p1" against "baseline rate p0" verdict by verdict and
-alarms when the sum crosses a threshold ``h``. ``h`` is not a guess: it is solved from the
-exact in-control average run length of the CUSUM's Markov chain (Brook & Evans, 1972), so a
-detector built for ``arl0`` raises on average one false alarm per ``arl0`` stable verdicts.
+modq's detector (``make_detector``) is a mixture Shiryaev-Roberts procedure (Pollak &
+Tartakovsky, 2009; Tartakovsky, Nikiforov & Basseville, *Sequential Analysis*, ch. 8): for each
+shift worth paging for (1.5x, 2x and 3x the baseline error rate) it keeps
+``R_k = (1 + R_k) * L_k``, where ``L_k`` is the likelihood ratio of one verdict under that shift
+against the baseline, and alarms when the weighted sum ``R = sum w_k R_k`` crosses ``A``. Half the
+weight sits on a doubling. Shiryaev-Roberts minimises the average delay to detection for a given
+false-alarm rate (the CUSUM minimises the worst case instead), and the mixture keeps it fast on
+shifts smaller and larger than the one it is centred on.
+
+Its false-alarm rate needs no tuning: under the baseline ``R_n - n`` is a martingale, so the mean
+run length is exactly ``E[R_T]``, which is at least ``A``; the overshoot ``R_T / A`` at an alarm is
+on average 1.23-1.35 for every baseline (``bench/drift_overshoot.py`` measures it), so
+``A = arl0 / 1.2`` gives an in-control run length of at least ``arl0``.
+
+A Bernoulli CUSUM (Reynolds & Stoumbos, 1999) with the threshold solved from the exact in-control
+run length of its Markov chain (Brook & Evans, 1972) is kept beside it, for the benchmark and as a
+library; the detector runs one on a doubling alongside its sum to estimate the change point.
 
 >>> d = make_detector(baseline_rate=0.03, arl0=100_000)
 >>> alarms = []
@@ -26,7 +38,18 @@ import numpy as np
 from scipy.linalg import solve_banded
 
 DEFAULT_SHIFT = 2.0
-"""The CUSUM is tuned to detect a doubling of the baseline error rate fastest."""
+"""A CUSUM built by ``design`` is tuned to detect a doubling of the baseline error rate fastest."""
+
+MIXTURE: tuple[tuple[float, float], ...] = ((1.5, 0.25), (2.0, 0.5), (3.0, 0.25))
+"""(shift, weight) of the Shiryaev-Roberts components: half the weight on a doubling."""
+
+OVERSHOOT = 1.2
+"""A lower bound of E[R_T] / A, the mean overshoot of the mixture at an in-control alarm.
+
+Measured by ``bench/drift_overshoot.py`` over baselines 0.01% to 45% and thresholds A from
+e^6 to e^11.5: 1.23 (at a 45% baseline, where the shifts are capped) to 1.35; ARL0 = A * E[R_T/A],
+so A = arl0 / OVERSHOOT errs toward fewer false alarms by at most that spread.
+"""
 
 MAX_CHAIN_STATES = 3000
 MAX_SUBDIVISION = 16
@@ -154,15 +177,109 @@ class BernoulliCusum:
 
 def design(baseline_rate: float, arl0: float, shift: float = DEFAULT_SHIFT) -> tuple[float, float, float]:
     """(p0, p1, h) of the CUSUM for a baseline and ARL0, rounded so thresholds can be cached."""
-    p0 = float(f"{min(max(baseline_rate, 1e-4), 0.45):.3g}")
-    p1 = min(p0 * shift, (1 + p0) / 2)
-    arl = float(f"{max(arl0, 10.0):.2g}")
+    p0, arl = _round_design(baseline_rate, arl0)
+    p1 = _shifted(p0, shift)
     return p0, p1, threshold_for_arl(p0, p1, arl)
 
 
-def make_detector(baseline_rate: float, arl0: float, shift: float = DEFAULT_SHIFT) -> BernoulliCusum:
-    """A detector for rises of the error rate above baseline_rate, designed for ARL0 = arl0."""
-    return BernoulliCusum(*design(baseline_rate, arl0, shift))
+def _round_design(baseline_rate: float, arl0: float) -> tuple[float, float]:
+    return float(f"{min(max(baseline_rate, 1e-4), 0.45):.3g}"), float(f"{max(arl0, 10.0):.2g}")
+
+
+def _shifted(p0: float, shift: float) -> float:
+    return min(p0 * shift, (1 + p0) / 2)
+
+
+class MixtureShiryaevRoberts:
+    """Mixture Shiryaev-Roberts detector of a rise of a Bernoulli error rate; re-arms after an alarm.
+
+    ``update`` follows river's convention: ``drift_detected`` is True only on the update that
+    raised a new alarm. An alarm is raised on an error verdict only: with a very low baseline the
+    sum drifts up on a run of correct verdicts alone, towards ``w_k / ((k - 1) * p0)`` for shift
+    ``k``, and a page that the error rate rose must rest on an error (this keeps the run-length
+    bound, which holds for any stopping time). Beside the sum runs a CUSUM on a doubling
+    (``cusum``): the verdicts since it last left zero are the change-point estimate an alert
+    reports.
+    """
+
+    __slots__ = ("_alarm", "_down", "_log_a", "_up", "_w", "a", "cusum", "last_change", "p0", "p1", "r")
+
+    def __init__(self, p0: float, a: float, mixture: tuple[tuple[float, float], ...] = MIXTURE) -> None:
+        if not 0 < p0 < 0.5 or a <= 1:
+            raise ValueError(f"need 0 < p0 < 0.5 and A > 1, got p0={p0}, A={a}")
+        total = sum(w for _, w in mixture)
+        p1s = [_shifted(p0, k) for k, _ in mixture]
+        self.p0, self.a, self._log_a = p0, a, math.log(a)
+        self._w = [w / total for _, w in mixture]
+        self._up = [p1 / p0 for p1 in p1s]
+        self._down = [(1 - p1) / (1 - p0) for p1 in p1s]
+        self.r = [0.0] * len(mixture)
+        self.p1 = _shifted(p0, DEFAULT_SHIFT)
+        self.cusum = BernoulliCusum(p0, self.p1, math.inf)
+        self._alarm = False
+        self.last_change: ChangeEstimate | None = None
+
+    @property
+    def h(self) -> float:
+        """The threshold on ``statistic`` (log A)."""
+        return self._log_a
+
+    @property
+    def statistic(self) -> float:
+        """log of the mixture sum R (0 while R < 1)."""
+        total = sum(w * r for w, r in zip(self._w, self.r, strict=True))
+        return math.log(total) if total > 1.0 else 0.0
+
+    @property
+    def n(self) -> int:
+        """Verdicts since the change-point estimate."""
+        return self.cusum.n
+
+    @property
+    def errors(self) -> int:
+        return self.cusum.errors
+
+    def update(self, is_error: bool) -> None:
+        ratios = self._up if is_error else self._down
+        r = [(1.0 + ri) * li for ri, li in zip(self.r, ratios, strict=True)]
+        self.r = r
+        self.cusum.update(is_error)
+        total = sum(w * ri for w, ri in zip(self._w, r, strict=True))
+        self._alarm = is_error and total > self.a
+        if self._alarm:
+            n = max(self.cusum.n, 1)
+            self.last_change = ChangeEstimate(n, max(self.cusum.errors, 1), math.log(total))
+            self.reset()
+
+    def reset(self) -> None:
+        """Back to the state of a fresh detector (after an alarm, or a new baseline)."""
+        self.r = [0.0] * len(self.r)
+        self.cusum.s, self.cusum.n, self.cusum.errors = 0.0, 0, 0
+
+    @property
+    def drift_detected(self) -> bool:
+        """True only on the update that raised a new alarm."""
+        return self._alarm
+
+    def to_state(self) -> list[float]:
+        return [*self.cusum.to_state(), *self.r]
+
+    def load_state(self, state: list[float]) -> None:
+        """Restore ``to_state``; a bare CUSUM state (three numbers, older releases) starts R at 0."""
+        self.cusum.load_state(state[:3])
+        rest = [float(v) for v in state[3:]]
+        self.r = rest if len(rest) == len(self.r) else [0.0] * len(self.r)
+
+
+def mixture_design(baseline_rate: float, arl0: float) -> tuple[float, float]:
+    """(p0, A) of the mixture detector for a baseline and ARL0 (rounded like ``design``)."""
+    p0, arl = _round_design(baseline_rate, arl0)
+    return p0, max(arl / OVERSHOOT, 2.0)
+
+
+def make_detector(baseline_rate: float, arl0: float) -> MixtureShiryaevRoberts:
+    """A detector for rises of the error rate above baseline_rate, designed for ARL0 >= arl0."""
+    return MixtureShiryaevRoberts(*mixture_design(baseline_rate, arl0))
 
 
 def arl0_for_budget(verdicts_per_day: float, monitors: int, false_alerts_per_day: float, floor: float) -> float:

@@ -369,7 +369,7 @@ class Detection:
     policy_label: str
     vendor_id: str
     outcomes: list[tuple[int, bool, int]]  # (t_ms, is_error, error-type code)
-    statistics: dict[str, tuple[float, bool]]  # rule -> (CUSUM statistic, firing)
+    statistics: dict[str, tuple[float, bool]]  # rule -> (detector statistic, firing)
 
 
 def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -> Detection:
@@ -405,7 +405,7 @@ def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -
         policy_label=label,
         vendor_id=vendor,
         outcomes=outcomes,
-        statistics={rule: (float(st.cusum[0]), st.firing) for rule, st in snapshots.items()},
+        statistics={rule: (m.statistic(), m.state.firing) for rule, m in monitors.items()},
     )
 
 
