@@ -1,4 +1,5 @@
-"""Drift-detector benchmark: modq's CUSUM beside river's ADWIN, DDM and PageHinkley.
+"""Drift-detector benchmark: modq's mixture Shiryaev-Roberts detector beside river's ADWIN, DDM and
+PageHinkley, and beside the Bernoulli CUSUM it replaced.
 
 Protocol (issue "Drift alerts good enough to page someone"): Bernoulli error streams at a 3%
 baseline; 200 calibration seeds and 200 other evaluation seeds; stable streams of 20,000
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.scorer.alerts import MonitorPolicy, PairMonitor
-from services.scorer.drift import make_detector
+from services.scorer.drift import BernoulliCusum, design, make_detector
 
 P0 = 0.03
 ARL0 = 100_000
@@ -134,6 +135,11 @@ def modq_factory(baseline: float = P0) -> Factory:
     return lambda: make_detector(baseline, ARL0)
 
 
+def cusum_factory() -> Factory:
+    """The detector modq used before: a CUSUM on a doubling, threshold from its exact chain."""
+    return lambda: BernoulliCusum(*design(P0, ARL0))
+
+
 def calibrate(kind: str, target_fa: float, seeds: Sequence[int]) -> float:
     """Parameter of a river detector whose false-alarm rate on the calibration seeds is <= target."""
     # Monotone in each parameter: smaller delta / larger thresholds mean fewer alarms.
@@ -182,7 +188,7 @@ def learned_baseline_row(seeds: Sequence[int]) -> Row:
                     out.append(found)
         if scenario != "stable":
             results[scenario] = (out, misses)
-    return Row("modq CUSUM, baseline learned from 10k", fa_alarms / (len(seeds) * N / 10_000), results)
+    return Row("modq mixture SR, baseline learned from 10k", fa_alarms / (len(seeds) * N / 10_000), results)
 
 
 def resolution(seeds: Sequence[int], threshold: float, shift_len: int) -> tuple[list[int], float, int]:
@@ -226,9 +232,51 @@ def fmt(values: list[int], misses: int) -> str:
     return f"{med:.0f} / {mean:.0f} / {p90:.0f}" + (f" ({misses} missed)" if misses else "")
 
 
+def targets(row: Row, learned_slowdown: float, resolved: tuple[list[int], float, int] | None) -> list[str]:
+    """The issue's targets against modq's row; means with their standard error over the seeds."""
+
+    def mean(scenario: str) -> tuple[float, float, int]:
+        values, misses = row.results[scenario]
+        return statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5, misses
+
+    six, _ = row.results["shift:0.06"]
+    m6, se6, _ = mean("shift:0.06")
+    m9, se9, _ = mean("shift:0.09")
+    m45, se45, miss45 = mean("shift:0.045")
+    mr, ser, _ = mean("ramp")
+    med6, p90 = statistics.median(six), float(np.percentile(six, 90))
+    checks = [
+        ("false alarms <= 0.1 per 10k stable verdicts", f"{row.fa:.3f}", row.fa <= 0.1),
+        ("3% -> 6% median <= 380", f"{med6:.0f}", med6 <= 380),
+        ("3% -> 6% mean <= 450", f"{m6:.0f} +/- {se6:.0f}", m6 <= 450),
+        ("3% -> 6% p90 <= 820", f"{p90:.0f}", p90 <= 820),
+        ("3% -> 9% mean <= 175", f"{m9:.0f} +/- {se9:.0f}", m9 <= 175),
+        (
+            "3% -> 4.5% mean <= 1,600, no misses",
+            f"{m45:.0f} +/- {se45:.0f}, {miss45} missed",
+            m45 <= 1600 and not miss45,
+        ),
+        ("ramp mean <= 2,450", f"{mr:.0f} +/- {ser:.0f}", mr <= 2450),
+        ("learned baseline at most 5% slower (6% mean)", f"{learned_slowdown * 100:+.1f}%", learned_slowdown <= 0.05),
+    ]
+    if resolved is not None and resolved[0]:
+        med_r = statistics.median(resolved[0])
+        checks.append(
+            (
+                "resolution median <= 450, <= 0.1 premature per episode (threshold 6)",
+                f"{med_r:.0f}, {resolved[1]:.3f}",
+                med_r <= 450 and resolved[1] <= 0.1,
+            )
+        )
+    out = [f"Targets, {row.name} (mean +/- its standard error over the seeds):", "", "| target | measured | met |"]
+    out.append("|---|---|---|")
+    out += [f"| {what} | {measured} | {'yes' if ok else 'no'} |" for what, measured, ok in checks]
+    return out
+
+
 def run_row(args: tuple[str, str, float | None, list[int]]) -> Row:
     name, kind, param, seeds = args
-    factory = modq_factory() if kind == "modq" else river_factory(kind, param)
+    factory = {"modq": modq_factory, "cusum": cusum_factory}.get(kind, lambda: river_factory(kind, param))()
     return evaluate(name, factory, seeds)
 
 
@@ -244,7 +292,8 @@ def main() -> None:
 
     with ProcessPoolExecutor(max_workers=2) as pool:
         modq_cal_fa = false_alarms(modq_factory(), cal)
-        jobs = [("modq CUSUM (known 3% baseline)", "modq", None, ev)]
+        jobs = [("modq mixture SR (known 3% baseline)", "modq", None, ev)]
+        jobs += [("CUSUM on a doubling (modq's earlier detector)", "cusum", None, ev)]
         jobs += [(f"river {k} (defaults)", k, None, ev) for k in ("ADWIN", "DDM", "PageHinkley")]
         params: dict[str, float] = {}
         if not args.no_calibration:
@@ -292,7 +341,12 @@ def main() -> None:
     for h, (dl, prem, episodes) in res.items():
         med = f"{statistics.median(dl):.0f} / {statistics.fmean(dl):.0f}" if dl else "-"
         lines.append(f"| {h:g} | {med} | {prem:.3f} | {episodes} |")
-    lines += ["", f"Total time: {time.perf_counter() - started:.0f} s."]
+    lines += [
+        "",
+        *targets(rows[0], learned / known - 1, res.get(6.0)),
+        "",
+        f"Total time: {time.perf_counter() - started:.0f} s.",
+    ]
     report = "\n".join(lines)
     print(report)
     if args.out:
