@@ -158,7 +158,7 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
         # tests/integration/test_api_actions.py checks them.)
         for title in (
             "Throughput",
-            "Detector statistic (CUSUM) per pair",
+            "Drift statistic (log Shiryaev-Roberts sum) per pair",
             "Verdicts by error type",
             "Dead letters by reason",
         ):
