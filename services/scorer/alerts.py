@@ -179,7 +179,7 @@ class PairMonitor:
     def snapshot(self) -> MonitorState:
         assert self.detector is not None
         d = self.detector
-        self.state.cusum = (d.cusum.s, d.n, d.errors)
+        self.state.cusum = (d.s, d.n, d.errors)
         self.state.mixture = tuple(d.r)
         return self.state
 

@@ -198,63 +198,87 @@ class MixtureShiryaevRoberts:
     sum drifts up on a run of correct verdicts alone, towards ``w_k / ((k - 1) * p0)`` for shift
     ``k``, and a page that the error rate rose must rest on an error (this keeps the run-length
     bound, which holds for any stopping time). Beside the sum runs a CUSUM on a doubling
-    (``cusum``): the verdicts since it last left zero are the change-point estimate an alert
-    reports.
+    (``s``, ``n``, ``errors``, never alarming): the verdicts since it last left zero are the
+    change-point estimate an alert reports. Three components, unrolled: this runs once per
+    verdict per monitor.
     """
 
-    __slots__ = ("_alarm", "_down", "_log_a", "_up", "_w", "a", "cusum", "last_change", "p0", "p1", "r")
+    __slots__ = (
+        "_alarm",
+        "_c_down",
+        "_c_up",
+        "_down",
+        "_up",
+        "_w",
+        "a",
+        "errors",
+        "last_change",
+        "n",
+        "p0",
+        "p1",
+        "r0",
+        "r1",
+        "r2",
+        "s",
+    )
 
     def __init__(self, p0: float, a: float, mixture: tuple[tuple[float, float], ...] = MIXTURE) -> None:
-        if not 0 < p0 < 0.5 or a <= 1:
-            raise ValueError(f"need 0 < p0 < 0.5 and A > 1, got p0={p0}, A={a}")
+        if not 0 < p0 < 0.5 or a <= 1 or len(mixture) != 3:
+            raise ValueError(f"need 0 < p0 < 0.5, A > 1 and three shifts, got p0={p0}, A={a}, {mixture}")
         total = sum(w for _, w in mixture)
         p1s = [_shifted(p0, k) for k, _ in mixture]
-        self.p0, self.a, self._log_a = p0, a, math.log(a)
-        self._w = [w / total for _, w in mixture]
-        self._up = [p1 / p0 for p1 in p1s]
-        self._down = [(1 - p1) / (1 - p0) for p1 in p1s]
-        self.r = [0.0] * len(mixture)
+        self.p0, self.a = p0, a
+        w0, w1, w2 = (w / total for _, w in mixture)
+        self._w = (w0, w1, w2)
+        u0, u1, u2 = (p1 / p0 for p1 in p1s)
+        d0, d1, d2 = ((1 - p1) / (1 - p0) for p1 in p1s)
+        self._up, self._down = (u0, u1, u2), (d0, d1, d2)
         self.p1 = _shifted(p0, DEFAULT_SHIFT)
-        self.cusum = BernoulliCusum(p0, self.p1, math.inf)
+        self._c_up, self._c_down = llr_steps(p0, self.p1)
+        self.r0 = self.r1 = self.r2 = 0.0
+        self.s, self.n, self.errors = 0.0, 0, 0
         self._alarm = False
         self.last_change: ChangeEstimate | None = None
 
     @property
     def h(self) -> float:
         """The threshold on ``statistic`` (log A)."""
-        return self._log_a
+        return math.log(self.a)
+
+    @property
+    def r(self) -> list[float]:
+        """The per-shift sums R_k."""
+        return [self.r0, self.r1, self.r2]
+
+    def _total(self) -> float:
+        w0, w1, w2 = self._w
+        return w0 * self.r0 + w1 * self.r1 + w2 * self.r2
 
     @property
     def statistic(self) -> float:
         """log of the mixture sum R (0 while R < 1)."""
-        total = sum(w * r for w, r in zip(self._w, self.r, strict=True))
+        total = self._total()
         return math.log(total) if total > 1.0 else 0.0
 
-    @property
-    def n(self) -> int:
-        """Verdicts since the change-point estimate."""
-        return self.cusum.n
-
-    @property
-    def errors(self) -> int:
-        return self.cusum.errors
-
     def update(self, is_error: bool) -> None:
-        ratios = self._up if is_error else self._down
-        r = [(1.0 + ri) * li for ri, li in zip(self.r, ratios, strict=True)]
-        self.r = r
-        self.cusum.update(is_error)
-        total = sum(w * ri for w, ri in zip(self._w, r, strict=True))
-        self._alarm = is_error and total > self.a
+        l0, l1, l2 = self._up if is_error else self._down
+        self.r0 = (1.0 + self.r0) * l0
+        self.r1 = (1.0 + self.r1) * l1
+        self.r2 = (1.0 + self.r2) * l2
+        s = self.s + (self._c_up if is_error else self._c_down)
+        if s <= 0.0:
+            self.s, self.n, self.errors = 0.0, 0, 0
+        else:
+            self.s, self.n, self.errors = s, self.n + 1, self.errors + is_error
+        self._alarm = is_error and self._total() > self.a
         if self._alarm:
-            n = max(self.cusum.n, 1)
-            self.last_change = ChangeEstimate(n, max(self.cusum.errors, 1), math.log(total))
+            self.last_change = ChangeEstimate(max(self.n, 1), max(self.errors, 1), math.log(self._total()))
             self.reset()
 
     def reset(self) -> None:
         """Back to the state of a fresh detector (after an alarm, or a new baseline)."""
-        self.r = [0.0] * len(self.r)
-        self.cusum.s, self.cusum.n, self.cusum.errors = 0.0, 0, 0
+        self.r0 = self.r1 = self.r2 = 0.0
+        self.s, self.n, self.errors = 0.0, 0, 0
 
     @property
     def drift_detected(self) -> bool:
@@ -262,13 +286,13 @@ class MixtureShiryaevRoberts:
         return self._alarm
 
     def to_state(self) -> list[float]:
-        return [*self.cusum.to_state(), *self.r]
+        return [self.s, self.n, self.errors, self.r0, self.r1, self.r2]
 
     def load_state(self, state: list[float]) -> None:
         """Restore ``to_state``; a bare CUSUM state (three numbers, older releases) starts R at 0."""
-        self.cusum.load_state(state[:3])
+        self.s, self.n, self.errors = float(state[0]), int(state[1]), int(state[2])
         rest = [float(v) for v in state[3:]]
-        self.r = rest if len(rest) == len(self.r) else [0.0] * len(self.r)
+        self.r0, self.r1, self.r2 = rest if len(rest) == 3 else (0.0, 0.0, 0.0)
 
 
 def mixture_design(baseline_rate: float, arl0: float) -> tuple[float, float]:
