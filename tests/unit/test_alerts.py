@@ -57,10 +57,23 @@ def test_state_survives_a_round_trip() -> None:
     clone = PairMonitor(
         "error_rate", "SCAMS_AND_FRAUD", "V01", MonitorPolicy(baseline_mode="sla", arl0=100_000), state=snap
     )
+    assert m.detector is not None and clone.detector is not None
+    assert clone.detector.to_state() == m.detector.to_state()  # the onset CUSUM and the three sums
+    assert min(clone.detector.r) > 0
     xs = [rng.random() < 0.1 for _ in range(500)]
     a = [m.update(x, i) for i, x in enumerate(xs)]
     b = [clone.update(x, i) for i, x in enumerate(xs)]
     assert a == b
+
+
+def test_state_stored_by_the_cusum_release_still_loads() -> None:
+    # MonitorState before the mixture detector: the same array without the trailing sums.
+    old = msgspec.msgpack.encode([3, True, 1, 2, 3, 40, 5, 1.5, (2.5, 40, 5), 0, 0, 0.03, "sla", 7, 900])
+    state = msgspec.msgpack.decode(old, type=MonitorState)
+    m = PairMonitor("error_rate", "L", "V", MonitorPolicy(baseline_mode="sla", arl0=100_000), state=state)
+    assert m.detector is not None
+    assert m.detector.to_state() == [2.5, 40, 5, 0.0, 0.0, 0.0]
+    assert state.firing and state.episode == 3
 
 
 def learned(**over: object) -> PairMonitor:
