@@ -220,6 +220,19 @@ def resolution(seeds: Sequence[int], threshold: float, shift_len: int) -> tuple[
     return delays_out, premature / max(episodes, 1), episodes
 
 
+def onset_errors(seeds: Sequence[int], scenario: str) -> list[int]:
+    """modq's estimated onset at its first alarm after the change, minus the change (verdicts)."""
+    out = []
+    for seed in seeds:
+        d = make_detector(P0, ARL0)
+        for i, x in enumerate(stream(seed, scenario)):
+            d.update(x)
+            if d.drift_detected and i >= CHANGE and d.last_change is not None:
+                out.append(i - d.last_change.verdicts + 1 - CHANGE)
+                break
+    return out
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -306,8 +319,11 @@ def main() -> None:
         learned_future = pool.submit(learned_baseline_row, ev)
         thresholds = [3.0, 4.0, 5.0, 6.0]
         res_futures = {h: pool.submit(resolution, ev, h, 5_000) for h in thresholds}
+        scenarios = ["shift:0.045", "shift:0.06", "shift:0.09", "ramp"]
+        onset_futures = {sc: pool.submit(onset_errors, ev, sc) for sc in scenarios}
         rows.append(learned_future.result())
         res = {h: f.result() for h, f in res_futures.items()}
+        onsets = {sc: f.result() for sc, f in onset_futures.items()}
 
     lines = [
         f"Seeds: {args.seeds} calibration, {args.seeds} evaluation; ARL0 = {ARL0:,}; baseline 3%.",
@@ -341,6 +357,20 @@ def main() -> None:
     for h, (dl, prem, episodes) in res.items():
         med = f"{statistics.median(dl):.0f} / {statistics.fmean(dl):.0f}" if dl else "-"
         lines.append(f"| {h:g} | {med} | {prem:.3f} | {episodes} |")
+    lines += [
+        "",
+        "Onset the alert reports (first alarm after the change) minus the true change, in verdicts; for"
+        " the ramp, minus its start:",
+        "",
+        "| scenario | median | median absolute | p10 / p90 |",
+        "|---|---|---|---|",
+    ]
+    for sc, errs in onsets.items():
+        lo, hi = np.percentile(errs, [10, 90])
+        lines.append(
+            f"| {sc} | {statistics.median(errs):.0f} | {statistics.median(abs(e) for e in errs):.0f} | "
+            f"{lo:.0f} / {hi:.0f} |"
+        )
     lines += [
         "",
         *targets(rows[0], learned / known - 1, res.get(6.0)),

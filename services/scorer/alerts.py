@@ -96,18 +96,19 @@ class MonitorState(msgspec.Struct, array_like=True):
     firing: bool = False
     started_ms: int = 0
     onset_ms: int = 0
-    candidate_onset_ms: int = 0
+    candidate_onset_ms: int = 0  # before the mixture detector: the doubling CUSUM's (read once)
     since_onset_n: int = 0
     since_onset_errors: int = 0
     recovery: float = 0.0
-    cusum: tuple[float, int, int] = (0.0, 0, 0)
+    cusum: tuple[float, int, int] = (0.0, 0, 0)  # the doubling's onset CUSUM (older releases read this)
     base_n: int = 0
     base_errors: int = 0
     baseline: float = 0.0  # frozen baseline; 0 while still learning
     baseline_source: str = "learning"
     first_ms: int = 0
     total_n: int = 0
-    mixture: tuple[float, ...] = ()  # the detector's Shiryaev-Roberts sums (empty: start at 0)
+    detector: tuple[float, ...] = ()  # MixtureShiryaevRoberts.to_state(); empty: from cusum
+    candidate_onsets_ms: tuple[int, ...] = ()  # per shift: when its onset CUSUM last left zero
 
 
 @dataclass(slots=True)
@@ -124,6 +125,9 @@ class PairMonitor:
     _recovery: BernoulliRecovery | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        st = self.state
+        if len(st.candidate_onsets_ms) != 3:
+            st.candidate_onsets_ms = (st.candidate_onset_ms,) * 3
         self._refresh()
 
     @property
@@ -171,7 +175,10 @@ class PairMonitor:
         if self.detector is not None and abs(p0 - old_p0) <= 0.02 * old_p0 and abs(arl0 - old_arl) <= 0.1 * old_arl:
             return
         self._design = (p0, arl0)
-        carried = self.detector.to_state() if self.detector is not None else [*self.state.cusum, *self.state.mixture]
+        if self.detector is not None:
+            carried = self.detector.to_state()
+        else:
+            carried = list(self.state.detector) if self.state.detector else list(self.state.cusum)
         self.detector = MixtureShiryaevRoberts(*mixture_design(p0, arl0))
         self.detector.load_state(carried)
         self._recovery = BernoulliRecovery(self.detector.p0, self.detector.p1, self.policy.resolve_threshold)
@@ -179,8 +186,8 @@ class PairMonitor:
     def snapshot(self) -> MonitorState:
         assert self.detector is not None
         d = self.detector
-        self.state.cusum = (d.s, d.n, d.errors)
-        self.state.mixture = tuple(d.r)
+        self.state.detector = tuple(d.to_state())
+        self.state.cusum = (d.s[1], d.n[1], d.errors[1])
         return self.state
 
     def statistic(self) -> float:
@@ -208,8 +215,9 @@ class PairMonitor:
         d = self.detector
         assert d is not None
         d.update(hit)
-        if d.n == 1:
-            st.candidate_onset_ms = t_ms  # the statistic just left zero: a possible change point
+        if 1 in d.n:  # an onset CUSUM just left zero: a possible change point for its shift
+            started = d.started()
+            st.candidate_onsets_ms = tuple(t_ms if k in started else v for k, v in enumerate(st.candidate_onsets_ms))
         if st.firing:
             st.since_onset_n += 1
             st.since_onset_errors += hit
@@ -228,7 +236,7 @@ class PairMonitor:
             st.episode += 1
             st.firing = True
             st.started_ms = t_ms
-            st.onset_ms = t_ms if change.verdicts == 1 else st.candidate_onset_ms
+            st.onset_ms = t_ms if change.verdicts == 1 else st.candidate_onsets_ms[change.component]
             st.since_onset_n, st.since_onset_errors = change.verdicts, change.errors
             st.recovery = 0.0
             return self._event("firing", t_ms)

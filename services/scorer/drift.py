@@ -16,7 +16,7 @@ on average 1.22-1.32 for every baseline (``bench/drift_overshoot.py`` measures i
 
 A Bernoulli CUSUM (Reynolds & Stoumbos, 1999) with the threshold solved from the exact in-control
 run length of its Markov chain (Brook & Evans, 1972) is kept beside it, for the benchmark and as a
-library; the detector runs one on a doubling alongside its sum to estimate the change point.
+library; the detector runs one per shift alongside its sums to estimate the change point.
 
 >>> d = make_detector(baseline_rate=0.03, arl0=100_000)
 >>> alarms = []
@@ -132,6 +132,7 @@ class ChangeEstimate:
     verdicts: int
     errors: int
     statistic: float
+    component: int = 0  # for a mixture: the shift whose term dominated the sum at the alarm
 
 
 class BernoulliCusum:
@@ -198,10 +199,12 @@ class MixtureShiryaevRoberts:
     raised a new alarm. An alarm is raised on an error verdict only: with a very low baseline the
     sum drifts up on a run of correct verdicts alone, towards ``w_k / ((k - 1) * p0)`` for shift
     ``k``, and a page that the error rate rose must rest on an error (this keeps the run-length
-    bound, which holds for any stopping time). Beside the sum runs a CUSUM on a doubling
-    (``s``, ``n``, ``errors``, never alarming): the verdicts since it last left zero are the
-    change-point estimate an alert reports. Three components, unrolled: this runs once per
-    verdict per monitor.
+    bound, which holds for any stopping time).
+
+    The onset an alert reports comes from a CUSUM per shift, run beside the sums and never
+    alarming: at an alarm, the verdicts since the CUSUM of the shift whose term dominates the sum
+    last left zero (the maximum-likelihood change point for that shift). Three components,
+    unrolled where it counts: this runs once per verdict per monitor.
     """
 
     __slots__ = (
@@ -234,10 +237,11 @@ class MixtureShiryaevRoberts:
         u0, u1, u2 = (p1 / p0 for p1 in p1s)
         d0, d1, d2 = ((1 - p1) / (1 - p0) for p1 in p1s)
         self._up, self._down = (u0, u1, u2), (d0, d1, d2)
+        self._c_up = [llr_steps(p0, p1)[0] for p1 in p1s]
+        self._c_down = [llr_steps(p0, p1)[1] for p1 in p1s]
         self.p1 = _shifted(p0, DEFAULT_SHIFT)
-        self._c_up, self._c_down = llr_steps(p0, self.p1)
         self.r0 = self.r1 = self.r2 = 0.0
-        self.s, self.n, self.errors = 0.0, 0, 0
+        self.s, self.n, self.errors = [0.0] * 3, [0] * 3, [0] * 3  # the onset CUSUMs
         self._alarm = False
         self.last_change: ChangeEstimate | None = None
 
@@ -251,35 +255,44 @@ class MixtureShiryaevRoberts:
         """The per-shift sums R_k."""
         return [self.r0, self.r1, self.r2]
 
-    def _total(self) -> float:
+    def _terms(self) -> tuple[float, float, float]:
         w0, w1, w2 = self._w
-        return w0 * self.r0 + w1 * self.r1 + w2 * self.r2
+        return w0 * self.r0, w1 * self.r1, w2 * self.r2
 
     @property
     def statistic(self) -> float:
         """log of the mixture sum R (0 while R < 1)."""
-        total = self._total()
+        total = sum(self._terms())
         return math.log(total) if total > 1.0 else 0.0
+
+    def started(self) -> list[int]:
+        """The shifts whose onset CUSUM left zero on the last update (possible change points)."""
+        return [k for k in range(3) if self.n[k] == 1]
 
     def update(self, is_error: bool) -> None:
         l0, l1, l2 = self._up if is_error else self._down
         self.r0 = (1.0 + self.r0) * l0
         self.r1 = (1.0 + self.r1) * l1
         self.r2 = (1.0 + self.r2) * l2
-        s = self.s + (self._c_up if is_error else self._c_down)
-        if s <= 0.0:
-            self.s, self.n, self.errors = 0.0, 0, 0
-        else:
-            self.s, self.n, self.errors = s, self.n + 1, self.errors + is_error
-        self._alarm = is_error and self._total() > self.a
+        steps, s, n, e = self._c_up if is_error else self._c_down, self.s, self.n, self.errors
+        for k in range(3):
+            v = s[k] + steps[k]
+            if v <= 0.0:
+                s[k], n[k], e[k] = 0.0, 0, 0
+            else:
+                s[k], n[k], e[k] = v, n[k] + 1, e[k] + is_error
+        terms = self._terms()
+        total = terms[0] + terms[1] + terms[2]
+        self._alarm = is_error and total > self.a
         if self._alarm:
-            self.last_change = ChangeEstimate(max(self.n, 1), max(self.errors, 1), math.log(self._total()))
+            k = terms.index(max(terms))
+            self.last_change = ChangeEstimate(max(n[k], 1), max(e[k], 1), math.log(total), k)
             self.reset()
 
     def reset(self) -> None:
         """Back to the state of a fresh detector (after an alarm, or a new baseline)."""
         self.r0 = self.r1 = self.r2 = 0.0
-        self.s, self.n, self.errors = 0.0, 0, 0
+        self.s, self.n, self.errors = [0.0] * 3, [0] * 3, [0] * 3
 
     @property
     def drift_detected(self) -> bool:
@@ -287,13 +300,22 @@ class MixtureShiryaevRoberts:
         return self._alarm
 
     def to_state(self) -> list[float]:
-        return [self.s, self.n, self.errors, self.r0, self.r1, self.r2]
+        """Per shift (s, n, errors) of its onset CUSUM, then the three sums."""
+        out: list[float] = []
+        for k in range(3):
+            out += [self.s[k], self.n[k], self.errors[k]]
+        return [*out, self.r0, self.r1, self.r2]
 
     def load_state(self, state: list[float]) -> None:
-        """Restore ``to_state``; a bare CUSUM state (three numbers, older releases) starts R at 0."""
-        self.s, self.n, self.errors = float(state[0]), int(state[1]), int(state[2])
-        rest = [float(v) for v in state[3:]]
-        self.r0, self.r1, self.r2 = rest if len(rest) == 3 else (0.0, 0.0, 0.0)
+        """Restore ``to_state``. A bare CUSUM state (three numbers: what releases before the mixture
+        stored) becomes the doubling's onset CUSUM, with the other statistics at zero."""
+        self.reset()
+        if len(state) == 3:
+            self.s[1], self.n[1], self.errors[1] = float(state[0]), int(state[1]), int(state[2])
+            return
+        for k in range(3):
+            self.s[k], self.n[k], self.errors[k] = float(state[3 * k]), int(state[3 * k + 1]), int(state[3 * k + 2])
+        self.r0, self.r1, self.r2 = (float(v) for v in state[9:12])
 
 
 def mixture_design(baseline_rate: float, arl0: float) -> tuple[float, float]:

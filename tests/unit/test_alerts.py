@@ -72,8 +72,9 @@ def test_state_stored_by_the_cusum_release_still_loads() -> None:
     state = msgspec.msgpack.decode(old, type=MonitorState)
     m = PairMonitor("error_rate", "L", "V", MonitorPolicy(baseline_mode="sla", arl0=100_000), state=state)
     assert m.detector is not None
-    assert m.detector.to_state() == [2.5, 40, 5, 0.0, 0.0, 0.0]
+    assert m.detector.to_state() == [0.0, 0, 0, 2.5, 40, 5, 0.0, 0, 0, 0.0, 0.0, 0.0]  # the doubling's CUSUM
     assert state.firing and state.episode == 3
+    assert state.candidate_onsets_ms == (3, 3, 3)  # the old candidate onset, for every shift
 
 
 def learned(**over: object) -> PairMonitor:

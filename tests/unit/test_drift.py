@@ -43,6 +43,21 @@ def test_exact_alarm_indices_on_seeded_shift() -> None:
     assert found[0] > 5000  # nothing before the change
 
 
+def test_onset_comes_from_the_shift_that_dominates_the_sum() -> None:
+    # Pinned like the alarm indices: a 3x shift is dated by the 3x CUSUM, close to the change;
+    # a 1.5x shift (seed 2) by the 1.5x one.
+    found = []
+    for p1, seed in ((0.09, 1), (0.09, 2), (0.045, 2)):
+        d = make_detector(0.03, 100_000)
+        for i, x in enumerate(stream(seed, 15_000, 5000, 0.03, p1)):
+            d.update(x)
+            if d.drift_detected:
+                assert d.last_change is not None
+                found.append((i, i - d.last_change.verdicts + 1, d.last_change.component))
+                break
+    assert found == [(5167, 5004, 2), (5065, 4989, 2), (6132, 4891, 0)]
+
+
 def test_mixture_sum_is_the_shiryaev_roberts_statistic_by_its_definition() -> None:
     # R_n = sum over candidate change points j <= n of the likelihood ratio of verdicts j..n, per
     # shift, weighted: computed here from that definition, not from the detector's recursion.
@@ -107,8 +122,8 @@ def test_state_round_trip_and_older_cusum_state() -> None:
         assert restored.drift_detected == d.drift_detected
     assert restored.to_state() == d.to_state()
     old = make_detector(0.03, 100_000)
-    old.load_state([1.5, 10, 2])  # what a CUSUM-only release stored
-    assert (old.n, old.errors, old.r) == (10, 2, [0.0, 0.0, 0.0])
+    old.load_state([1.5, 10, 2])  # what a CUSUM-only release stored: the doubling's CUSUM
+    assert (old.n, old.errors, old.r) == ([0, 10, 0], [0, 2, 0], [0.0, 0.0, 0.0])
 
 
 def test_mixture_design_rounds_for_caching() -> None:
