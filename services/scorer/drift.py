@@ -5,9 +5,10 @@ Tartakovsky, 2009; Tartakovsky, Nikiforov & Basseville, *Sequential Analysis*, c
 shift worth paging for (1.5x, 2x and 3x the baseline error rate) it keeps
 ``R_k = (1 + R_k) * L_k``, where ``L_k`` is the likelihood ratio of one verdict under that shift
 against the baseline, and alarms when the weighted sum ``R = sum w_k R_k`` crosses ``A``. Half the
-weight sits on a doubling. Shiryaev-Roberts minimises the average delay to detection for a given
-false-alarm rate (the CUSUM minimises the worst case instead), and the mixture keeps it fast on
-shifts smaller and larger than the one it is centred on.
+weight sits on a doubling. For a given false-alarm rate, Shiryaev-Roberts minimises the stationary
+average delay to detection (of a change that comes long after the start, the detector re-armed
+after each false alarm; the CUSUM minimises the worst case instead), and the mixture keeps it
+fast on shifts smaller and larger than the one it is centred on.
 
 Its false-alarm rate needs no tuning: under the baseline ``R_n - n`` is a martingale, so the mean
 run length is exactly ``E[R_T]``, which is at least ``A``; the overshoot ``R_T / A`` at an alarm is
@@ -308,10 +309,13 @@ class MixtureShiryaevRoberts:
 
     def load_state(self, state: list[float]) -> None:
         """Restore ``to_state``. A bare CUSUM state (three numbers: what releases before the mixture
-        stored) becomes the doubling's onset CUSUM, with the other statistics at zero."""
+        stored) becomes the doubling's onset CUSUM, with the other statistics at zero; a state of
+        any other length is not this detector's, and it starts fresh."""
         self.reset()
         if len(state) == 3:
             self.s[1], self.n[1], self.errors[1] = float(state[0]), int(state[1]), int(state[2])
+            return
+        if len(state) != 12:
             return
         for k in range(3):
             self.s[k], self.n[k], self.errors[k] = float(state[3 * k]), int(state[3 * k + 1]), int(state[3 * k + 2])

@@ -124,6 +124,8 @@ def test_state_round_trip_and_older_cusum_state() -> None:
     old = make_detector(0.03, 100_000)
     old.load_state([1.5, 10, 2])  # what a CUSUM-only release stored: the doubling's CUSUM
     assert (old.n, old.errors, old.r) == ([0, 10, 0], [0, 2, 0], [0.0, 0.0, 0.0])
+    old.load_state([1.0, 2.0, 3.0, 4.0, 5.0])  # not this detector's: start fresh
+    assert old.to_state() == make_detector(0.03, 100_000).to_state()
 
 
 def test_mixture_design_rounds_for_caching() -> None:
