@@ -7,6 +7,7 @@ enough evidence that the rate is back at baseline, not on the first good verdict
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +15,13 @@ from typing import Literal
 
 import msgspec
 
-from services.scorer.drift import BernoulliRecovery, MixtureShiryaevRoberts, arl0_for_budget, mixture_design
+from services.scorer.drift import (
+    MIXTURE,
+    BernoulliRecovery,
+    MixtureShiryaevRoberts,
+    arl0_for_budget,
+    mixture_design,
+)
 from services.scorer.rates import wilson_interval
 
 AlertStatus = Literal["firing", "resolved"]
@@ -52,6 +59,10 @@ def iso(t_ms: int) -> str:
 
 
 LEARNING_Z = 1.2816  # one-sided 90% (two-sided 80%) normal quantile
+RESOLVE_Z = 1.0
+"""The downward test asks whether the rate is back at baseline rather than still at the rate observed
+since onset plus this many standard errors (see ``PairMonitor.still_rate``)."""
+SMALLEST_SHIFT = min(k for k, _ in MIXTURE)
 RULE_OVER = "over_enforcement"
 RULE_UNDER = "under_enforcement"
 RULE_ERROR_TYPES: dict[str, str] = {
@@ -183,6 +194,22 @@ class PairMonitor:
         self.detector.load_state(carried)
         self._recovery = BernoulliRecovery(self.detector.p0, self.detector.p1, self.policy.resolve_threshold)
 
+    def still_rate(self) -> float:
+        """The alternative of the downward test that resolves an alert: the rate observed since onset
+        (the verdicts since the recovery began included, so the test adapts as they come) plus
+        ``RESOLVE_Z`` standard errors, no lower than the smallest shift the detector pages for and no
+        higher than a doubling. Against a fixed doubling, a persisting 1.5x shift, which lies between
+        the two rates, resolved and fired again about once per 5,000 verdicts; the observed rate keeps
+        the alert firing while the shift persists, at the cost of a slower resolution after a real
+        recovery from a small shift (docs/benchmarks.md, resolution).
+        """
+        d, st = self.detector, self.state
+        assert d is not None
+        n = max(st.since_onset_n, 1)
+        rate = st.since_onset_errors / n
+        rate += RESOLVE_Z * math.sqrt(max(rate, d.p0) * (1 - rate) / n)
+        return min(max(rate, SMALLEST_SHIFT * d.p0), d.p1)
+
     def snapshot(self) -> MonitorState:
         assert self.detector is not None
         d = self.detector
@@ -223,6 +250,7 @@ class PairMonitor:
             st.since_onset_errors += hit
             recovery = self._recovery
             assert recovery is not None
+            recovery.against(d.p0, self.still_rate())
             recovery.r = st.recovery
             resolved = recovery.update(hit)
             st.recovery = recovery.r

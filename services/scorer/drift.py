@@ -351,6 +351,11 @@ class BernoulliRecovery:
         up, down = llr_steps(p0, p1)
         self._down_on_error, self._up_on_correct, self.h, self.r = -up, -down, h, 0.0
 
+    def against(self, p0: float, p1: float) -> None:
+        """Test against another alternative rate p1 from the next verdict on (the evidence so far stays)."""
+        up, down = llr_steps(p0, p1)
+        self._down_on_error, self._up_on_correct = -up, -down
+
     def update(self, is_error: bool) -> bool:
         """Feed one verdict; True once the evidence for recovery crosses h."""
         self.r = max(0.0, self.r + (self._down_on_error if is_error else self._up_on_correct))

@@ -33,6 +33,42 @@ def test_fires_once_during_a_persisting_shift_and_resolves_after_recovery() -> N
     assert resolved[0][0] > 50  # not on the first good verdict
 
 
+def episode(seed: int) -> list[tuple[int, str]]:
+    """2,000 verdicts at the 3% baseline, 6,000 at 4.5% (a persisting 1.5x shift), 4,000 at 3%."""
+    m, rng = monitor(), random.Random(seed)
+    rates = [0.03] * 2_000 + [0.045] * 6_000 + [0.03] * 4_000
+    return [(i, ev.status) for i, p in enumerate(rates) if (ev := m.update(rng.random() < p, i * 1000))]
+
+
+def test_a_persisting_small_shift_keeps_its_alert_until_it_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The downward test asks whether the rate is back at baseline rather than still at what was
+    # observed since onset: the alert stays firing through the 4.5% episode and resolves after it.
+    assert episode(5) == [(3551, "firing"), (8821, "resolved")]
+    # Against a fixed doubling (the earlier test), 4.5% is as far from one rate as from the other:
+    # the same stream resolved and fired again three times while the shift lasted.
+    monkeypatch.setattr(PairMonitor, "still_rate", lambda self: self.detector.p1)
+    assert episode(5) == [
+        (3551, "firing"),
+        (3917, "resolved"),
+        (4179, "firing"),
+        (5666, "resolved"),
+        (6327, "firing"),
+        (7779, "resolved"),
+    ]
+
+
+def test_the_downward_test_aims_between_the_smallest_shift_and_a_doubling() -> None:
+    m = monitor()
+    assert m.detector is not None
+    p0 = m.detector.p0
+    for n, errors, expected in [(400, 24, 0.06), (5_000, 225, None), (5_000, 120, 0.045), (10, 10, 0.06)]:
+        m.state.since_onset_n, m.state.since_onset_errors = n, errors
+        rate = errors / n
+        want = expected if expected is not None else rate + (rate * (1 - rate) / n) ** 0.5
+        assert m.still_rate() == pytest.approx(want)
+        assert 1.5 * p0 <= m.still_rate() <= 2 * p0
+
+
 def test_alert_carries_onset_rate_interval_and_a_stable_id() -> None:
     m, rng = monitor(), random.Random(9)
     feed(m, rng, 0.03, 3000, 0)
