@@ -353,7 +353,7 @@ def main() -> None:
     best6 = min(sr_rows, key=lambda r: r.delays["shift:0.06"].mean)
     best_median = min(sr_rows + cusum_rows, key=lambda r: r.delays["shift:0.06"].median)
     best_window = min(windows, key=lambda w: w[3].median)
-    sr6 = next(r for r in sr_rows if r.name.endswith("6.0%"))
+    sr6 = sr_rows[shifts.index(0.06)]
     lines = [
         f"Expected values of the drift benchmark's figures at an in-control ARL of exactly {args.arl0:,.0f}, "
         f"baseline 3% (grid {GRID} on the log statistic). Delays: median / mean / p90 verdicts after the change.",
