@@ -17,11 +17,16 @@ from services.common.broker import port_open, start_broker, wait_for_port
 DEV_DIR = Path(".modq-dev")
 
 
+LOG_NAMES: dict[int, str] = {}  # pid -> the service whose log is .modq-dev/logs/<name>.log
+
+
 def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(DEV_DIR / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", *argv], env=env, stdout=log, stderr=subprocess.STDOUT
     )
+    LOG_NAMES[proc.pid] = name
+    return proc
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -36,15 +41,31 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def dev_ports(args: argparse.Namespace, env: dict[str, str], external_kafka: bool) -> list[tuple[int, str]]:
+    """The 127.0.0.1 ports ``modq dev`` will listen on, each with how to move it."""
+    ports = [
+        (args.api_port, "the API; --api-port"),
+        (args.ingest_port, "ingest's HTTP endpoint; --ingest-port"),
+        (int(env.get("MODQ_SCORER_WEB_PORT", "6066")), "the scorer's web port; MODQ_SCORER_WEB_PORT"),
+        (int(env.get("MODQ_NOTIFIER_PORT", "8082")), "the notifier's web port; MODQ_NOTIFIER_PORT"),
+    ]
+    if not external_kafka:
+        ports.insert(0, (args.kafka_port, "the local Kafka broker; --kafka-port"))
+    return ports
+
+
 def run_dev(args: argparse.Namespace) -> int:
     (DEV_DIR / "logs").mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     external_kafka = "MODQ_KAFKA_BOOTSTRAP_SERVERS" in env
+    ports = dev_ports(args, env, external_kafka)
+    taken = [(port, what) for port, what in ports if port_open("127.0.0.1", port)]
+    if taken:
+        for port, what in taken:
+            print(f"port {port} is taken ({what}): stop what listens there, or move it", file=sys.stderr)
+        return 2
     if not external_kafka:
-        if port_open("127.0.0.1", args.kafka_port):
-            print(f"port {args.kafka_port} is taken: stop what runs there or pass --kafka-port", file=sys.stderr)
-            return 2
         procs.append(start_broker(args.kafka_port, DEV_DIR / "logs" / "broker.log"))
         env["MODQ_KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{args.kafka_port}"
     if "MODQ_DATABASE_URL" not in env:
@@ -85,7 +106,8 @@ def run_dev(args: argparse.Namespace) -> int:
         procs.append(_spawn("simulate", ["simulate", "--rate", str(args.rate), "--drift", args.drift], env))
         print(f"modq is running (logs in {DEV_DIR / 'logs'}):")
         print(f"  API       {api}/docs   rates {api}/v1/rates?window=1h   alerts {api}/v1/alerts")
-        print(f"  metrics   {api}/metrics  http://127.0.0.1:{args.ingest_port}/metrics  http://127.0.0.1:6066/metrics")
+        scorer_web = f"http://127.0.0.1:{env.get('MODQ_SCORER_WEB_PORT', '6066')}"
+        print(f"  metrics   {api}/metrics  http://127.0.0.1:{args.ingest_port}/metrics  {scorer_web}/metrics")
         print(f"  ingest    POST http://127.0.0.1:{args.ingest_port}/v1/events/{{decisions,verdicts,appeals}}")
         print(f"  kafka     {env['MODQ_KAFKA_BOOTSTRAP_SERVERS']}   drift injected: {args.drift}")
         print(f"  operator key (ack, silence, resolve): Authorization: Bearer {key}")
@@ -110,7 +132,11 @@ def _watch(api: str, procs: list[subprocess.Popen[bytes]], args: argparse.Namesp
         while True:
             for p in procs:
                 if p.poll() is not None:
-                    print(f"a service exited with code {p.returncode}: {p.args}", file=sys.stderr)
+                    name = LOG_NAMES.get(p.pid, "broker")
+                    log = DEV_DIR / "logs" / f"{name}.log"
+                    tail = log.read_text(errors="replace").splitlines()[-12:] if log.exists() else []
+                    print(f"{name} exited with code {p.returncode}; the end of {log}:", file=sys.stderr)
+                    print("\n".join("  " + line for line in tail), file=sys.stderr)
                     return 1
             try:
                 items = client.get("/v1/alerts").json()["items"]

@@ -23,15 +23,15 @@ from services.common.kafka import ensure_topics, make_producer
 
 log = logging.getLogger("modq.simulate")
 
-LABELS = (
+LABELS = (  # in platforms' own spellings: modq keeps labels as written
     "SCAMS_AND_FRAUD",
-    "UNSAFE_AND_PROHIBITED_PRODUCTS",
-    "INTELLECTUAL_PROPERTY_INFRINGEMENTS",
-    "ILLEGAL_OR_HARMFUL_SPEECH",
-    "CONSUMER_INFORMATION",
-    "PROTECTION_OF_MINORS",
-    "VIOLENCE",
-    "ANIMAL_WELFARE",
+    "ip.trademark/counterfeit",
+    "unsafe_products",
+    "Hassrede (DE)",
+    "consumer-information",
+    "minors.safety",
+    "violence",
+    "animal_welfare",
 )
 MARKETS = ("DE", "FR", "ES", "IT", "NL", "PL", "SE", "BE")
 ACTIONS = ("APPROVE", "APPROVE", "APPROVE", "REMOVE", "REMOVE", "DEMOTE", "LABEL", "SUSPEND_SELLER")

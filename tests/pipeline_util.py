@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import httpx
 import orjson
 
+from services.common.config import IngestSettings
 from tests import factories
 
 ERROR_TYPES = ("OVER_ENFORCEMENT", "UNDER_ENFORCEMENT", "WRONG_LABEL")
@@ -103,3 +107,27 @@ async def api_ready(client: httpx.AsyncClient) -> bool:
         return (await client.get("/readyz")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def make_key(env: dict[str, str], name: str, role: str) -> str:
+    """An API key made the way an admin makes one: with the CLI."""
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "keys", "create", "--name", name, "--role", role],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.rsplit(": ", 1)[1].strip()
+
+
+def ingest_settings(service_env: dict[str, str]) -> IngestSettings:
+    """Ingest's settings from a test's environment (for a service run in the test's own process)."""
+    env = {k: v for k, v in service_env.items() if k.startswith("MODQ_")}
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return IngestSettings()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)

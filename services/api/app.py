@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -386,6 +386,45 @@ class Observe:
         self.latency.labels(route).observe(time.perf_counter() - start)
 
 
+class EncodedSlashes:
+    """Path segments that hold a ``/`` (a label such as ``ip.trademark/counterfeit``, sent as
+    ``ip.trademark%2Fcounterfeit``) stay one segment.
+
+    Servers hand the application the percent-decoded path, in which an encoded slash can no longer
+    be told from a separator. This rebuilds the path from the raw one: each segment decoded, then
+    only ``%`` and ``/`` encoded again, so routing sees the segments the client sent and ``label``
+    (a dependency of the routes with labels in their path) decodes them exactly.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw and b"%" in raw:
+            segments = raw.decode("latin-1").split("/")
+            path = "/".join(unquote(s).replace("%", "%25").replace("/", "%2F") for s in segments)
+            scope = {**scope, "path": path}
+        await self.app(scope, receive, send)
+
+
+def path_label(value: str) -> str:
+    """A label from a path segment rebuilt by ``EncodedSlashes``.
+
+    >>> path_label("ip.trademark%2Fcounterfeit"), path_label("100%25"), path_label("SCAMS")
+    ('ip.trademark/counterfeit', '100%', 'SCAMS')
+    """
+    return unquote(value)
+
+
+def pair_path(policy_label: str, vendor_id: str) -> tuple[str, str]:
+    """The (policy_label, vendor_id) of a ``/pairs/{policy_label}/{vendor_id}/...`` path."""
+    return path_label(policy_label), path_label(vendor_id)
+
+
+PairDep = Annotated[tuple[str, str], Depends(pair_path)]
+
+
 def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None) -> FastAPI:
     registry = registry or CollectorRegistry()
     requests = Counter("modq_api_requests", "API requests", ["route", "code"], registry=registry)
@@ -446,6 +485,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     )
 
     app.add_middleware(Observe, requests=requests, latency=latency)
+    app.add_middleware(EncodedSlashes)
 
     @app.get("/v1/rates", response_model=RateList, dependencies=[Depends(reader)])
     async def get_rates(
@@ -754,9 +794,12 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
     @app.post("/v1/pairs/{policy_label}/{vendor_id}/silence", response_model=SilenceItem)
     async def silence(
-        policy_label: str, vendor_id: str, body: SilenceRequest, engine: EngineDep, who: Principal = Depends(operator)
+        pair: PairDep, body: SilenceRequest, engine: EngineDep, who: Principal = Depends(operator)
     ) -> SilenceItem:
-        """Hold back notifications for a pair until a time (detection and history go on)."""
+        """Hold back notifications for a pair until a time (detection and history go on).
+
+        A label with a ``/`` in it goes percent-encoded (``ip.trademark%2Fcounterfeit``)."""
+        policy_label, vendor_id = pair
         until = body.until.astimezone(UTC)
         action = new_action(
             action="silenced",
@@ -793,8 +836,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
     @app.post("/v1/pairs/{policy_label}/{vendor_id}/rebaseline", response_model=Accepted, status_code=202)
     async def rebaseline(
-        policy_label: str,
-        vendor_id: str,
+        pair: PairDep,
         body: RebaselineRequest,
         engine: EngineDep,
         who: Principal = Depends(operator),
@@ -803,6 +845,7 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
         The request travels to the scorer on the pair's own partition, after the verdicts already queued.
         """
+        policy_label, vendor_id = pair
         what = f"baseline {body.rate:.2%}" if body.rate is not None else "learning the baseline again"
         action = new_action(
             action="rebaselined",

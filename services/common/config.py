@@ -69,6 +69,9 @@ class CommonSettings(BaseSettings):
     metric_policy_labels: str = Field("", description="comma list of policy labels with their own metric labels")
     metric_vendors: str = Field("", description="comma list of vendors with their own metric labels")
     metric_label_cap: int = Field(50, ge=1, description="unlisted: the first N values seen; the rest is 'other'")
+    consumer_retry_s: float = Field(
+        30.0, gt=0, description="a partition waiting at a record batch that cannot be read is tried again this often"
+    )
     log_level: str = "INFO"
     framework_log_level: str = Field("WARNING", description="log level of Faust, mode and aiokafka")
 

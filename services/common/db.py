@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.common.events import LABEL_MAX
 from services.scorer.rates import COUNT_FIELDS
 
 DB_UNAVAILABLE = (OperationalError, DBAPIError, OSError)
@@ -31,9 +32,9 @@ metadata = MetaData()
 rate_buckets = Table(
     "rate_buckets",
     metadata,
-    Column("policy_label", String(64), nullable=False),
-    Column("vendor_id", String(64), nullable=False),
-    Column("market", String(16), nullable=False),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
+    Column("market", String(LABEL_MAX), nullable=False),
     Column("bucket_start", DateTime(timezone=True), nullable=False),
     Column("partition", Integer, nullable=False),
     *[
@@ -70,10 +71,10 @@ alerts = Table(
     "alerts",
     metadata,
     Column("alert_id", String(36), primary_key=True),
-    Column("dedup_key", String(200), nullable=False),
+    Column("dedup_key", String(400), nullable=False),
     Column("rule", String(64), nullable=False),
-    Column("policy_label", String(64), nullable=False),
-    Column("vendor_id", String(64), nullable=False),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
     Column("error_type", String(32), nullable=False),
     Column("status", String(16), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
@@ -102,8 +103,8 @@ alert_history = Table(
     metadata,
     Column("event_id", String(80), primary_key=True),
     Column("alert_id", String(36), nullable=True),
-    Column("policy_label", String(64), nullable=False),
-    Column("vendor_id", String(64), nullable=False),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
     Column("rule", String(64), nullable=True),
     Column("action", String(32), nullable=False),
     Column("actor", String(128), nullable=False),
@@ -121,8 +122,8 @@ alert_history = Table(
 silences = Table(
     "silences",
     metadata,
-    Column("policy_label", String(64), nullable=False),
-    Column("vendor_id", String(64), nullable=False),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
     Column("until", DateTime(timezone=True), nullable=False),
     Column("created_by", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),

@@ -8,10 +8,26 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-Id = Annotated[str, Meta(min_length=1, max_length=128)]
-Label = Annotated[str, Meta(min_length=1, max_length=64, pattern="^[A-Z0-9_]+$")]
-Short = Annotated[str, Meta(min_length=1, max_length=64)]
-Market = Annotated[str, Meta(min_length=1, max_length=16)]
+# Not printable: C0 and C1 controls, DEL, zero-width and bidirectional formatting characters, line
+# and paragraph separators, the byte-order mark. Kept out of every id and label: they break logs,
+# terminals, CSV files and PostgreSQL (NUL), and make two labels that look alike differ.
+NOT_PRINTABLE = "\\u0000-\\u001f\\u007f-\\u009f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff"
+# The end of the text: "$" would also match before a final newline (Python's re, which msgspec and
+# jsonschema use); a lookahead for any character means the same in Python and in JSON Schema's ECMA.
+_END = "(?![\\s\\S])"
+_LABEL = f"[^\\s{NOT_PRINTABLE}](?:[^{NOT_PRINTABLE}]*[^\\s{NOT_PRINTABLE}])?"
+ID_PATTERN = f"^[^{NOT_PRINTABLE}]+{_END}"
+OPTIONAL_ID_PATTERN = f"^[^{NOT_PRINTABLE}]*{_END}"
+LABEL_PATTERN = f"^{_LABEL}{_END}"
+"""A label in the platform's own spelling (``counterfeit_goods``, ``ip.trademark/counterfeit``,
+``Hassrede (DE)``): any printable text, kept as written, without surrounding whitespace."""
+OPTIONAL_LABEL_PATTERN = f"^(?:{_LABEL})?{_END}"
+LABEL_MAX = 128
+
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
+OptionalId = Annotated[str, Meta(max_length=128, pattern=OPTIONAL_ID_PATTERN)]
+Label = Annotated[str, Meta(min_length=1, max_length=LABEL_MAX, pattern=LABEL_PATTERN)]
+OptionalLabel = Annotated[str, Meta(max_length=LABEL_MAX, pattern=OPTIONAL_LABEL_PATTERN)]
 EventTime = Annotated[datetime, Meta(tz=True)]
 SchemaVersion = Literal[1]
 
@@ -46,19 +62,19 @@ class Decision(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     event_time: EventTime
     decision_id: Id
     policy_label: Label
-    vendor_id: Short
-    market: Market
+    vendor_id: Label
+    market: Label
     action: Action
     actor_type: ActorType
     entity_type: EntityType
     entity_id: Id
-    content_language: Annotated[str, Meta(max_length=16)] | None = None
-    policy_version: Annotated[str, Meta(max_length=64)] | None = None
-    category: Annotated[str, Meta(max_length=96)] | None = None
-    queue_id: Annotated[str, Meta(max_length=64)] | None = None
-    moderator_id: Annotated[str, Meta(max_length=128)] | None = None
-    model_id: Annotated[str, Meta(max_length=64)] | None = None
-    model_version: Annotated[str, Meta(max_length=64)] | None = None
+    content_language: OptionalLabel | None = None
+    policy_version: OptionalLabel | None = None
+    category: OptionalLabel | None = None
+    queue_id: OptionalLabel | None = None
+    moderator_id: OptionalId | None = None
+    model_id: OptionalLabel | None = None
+    model_version: OptionalLabel | None = None
     automated_decision: AutomatedDecision | None = None
 
 
@@ -74,11 +90,11 @@ class Verdict(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     verdict: VerdictValue
     error_type: ErrorType
     qa_tier: QaTier | None = None
-    sampling_strategy: Annotated[str, Meta(max_length=64)] | None = None
+    sampling_strategy: OptionalLabel | None = None
     inclusion_probability: Probability | None = None
-    expected_policy_label: Annotated[str, Meta(max_length=64)] | None = None
+    expected_policy_label: OptionalLabel | None = None
     error_severity: Severity | None = None
-    supersedes_verdict_id: Annotated[str, Meta(max_length=128)] | None = None
+    supersedes_verdict_id: OptionalId | None = None
 
 
 class Appeal(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
@@ -92,11 +108,19 @@ class Appeal(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     outcome: AppealOutcomeValue
     filed_at: EventTime | None = None
     resolved_at: EventTime | None = None
-    channel: Annotated[str, Meta(max_length=64)] | None = None
+    channel: OptionalLabel | None = None
     reversal_action: ReversalAction | None = None
 
 
 UpstreamEvent = Decision | Verdict | Appeal
+
+LABEL_FIELDS = frozenset(
+    name
+    for tp in (Decision, Verdict, Appeal)
+    for name, hint in tp.__annotations__.items()
+    if hint in ("Label", "OptionalLabel | None")
+)
+"""Fields in the platform's own vocabulary (policy_label, vendor_id, market, queue_id, ...)."""
 
 EVENT_TYPES: dict[str, type[Decision] | type[Verdict] | type[Appeal]] = {
     "decision": Decision,

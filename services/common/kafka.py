@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.common.config import CommonSettings
+from services.common.unreadable import ConsumerHealth, GuardedConsumer
 
 log = logging.getLogger("modq.kafka")
 
@@ -51,8 +52,13 @@ def make_producer(settings: CommonSettings, **overrides: object) -> AIOKafkaProd
     return AIOKafkaProducer(**opts)
 
 
-def make_consumer(settings: CommonSettings, *topics: str, **overrides: object) -> AIOKafkaConsumer:
-    """A consumer that commits only when told to and starts a new group at the earliest offset."""
+def make_consumer(
+    settings: CommonSettings, *topics: str, guard: ConsumerHealth | None = None, **overrides: object
+) -> AIOKafkaConsumer:
+    """A consumer that commits only when told to and starts a new group at the earliest offset.
+
+    ``guard``: a ``GuardedConsumer`` reporting there, on which a partition whose record batch cannot
+    be decoded waits while the others go on (see ``services.common.unreadable``)."""
     opts: dict[str, object] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "enable_auto_commit": False,
@@ -60,6 +66,8 @@ def make_consumer(settings: CommonSettings, *topics: str, **overrides: object) -
         **settings.kafka_client_options(),
     }
     opts.update(overrides)
+    if guard is not None:
+        return GuardedConsumer(*topics, health=guard, **opts)
     return AIOKafkaConsumer(*topics, **opts)
 
 

@@ -138,10 +138,15 @@ def create_ingest_app(service: IngestService) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(response: Response) -> dict[str, str]:
+    async def readyz(response: Response) -> dict[str, object]:
+        """Not ready while Kafka is unreachable, or while a partition waits at a record batch that
+        cannot be read (``stuck``: its topic, partition, offset and the cause)."""
         if not service.serving:
             response.status_code = 503
-            return {"status": "not ready"}
+            return {"status": "not ready", "stuck": service.health.report()}
+        if not service.health.ok:
+            response.status_code = 503
+            return {"status": "partitions stuck", "stuck": service.health.report()}
         return {"status": "ready"}
 
     @app.get("/metrics")

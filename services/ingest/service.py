@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.common.config import IngestSettings
 from services.common.events import Appeal, Decision, Verdict
 from services.common.kafka import BrokerWatch, ensure_topics, make_consumer, make_producer
+from services.common.unreadable import ConsumerHealth
 from services.common.wire import WireEvent, encode_batch, encode_event, partition_for
 from services.ingest.dedup import RecentIds
 from services.ingest.validate import Rejected, Watermarks, validate_timed
@@ -132,6 +133,7 @@ class IngestService:
     def __init__(self, settings: IngestSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = IngestMetrics(registry or CollectorRegistry())
+        self.health = ConsumerHealth(self.metrics.registry, retry_s=settings.consumer_retry_s)
         self.router = Router(settings, self.metrics)
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -157,7 +159,11 @@ class IngestService:
         self.producer = make_producer(s)
         await self.producer.start()
         self.consumer = make_consumer(
-            s, *s.input_topics, group_id=s.ingest_group_id, max_partition_fetch_bytes=4_194_304
+            s,
+            *s.input_topics,
+            group_id=s.ingest_group_id,
+            max_partition_fetch_bytes=4_194_304,
+            guard=self.health,
         )
         await self.consumer.start()
         self.ready = True

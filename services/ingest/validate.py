@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
-from services.common.events import EVENT_TYPES, Appeal, Decision, Verdict
+from services.common.events import EVENT_TYPES, LABEL_FIELDS, Appeal, Decision, Verdict
 from services.common.wire import to_ms
 
 REASONS: Final = (
@@ -73,7 +74,19 @@ def validate_timed(
     return event, t_ms
 
 
+_NOT_TEXT = re.compile(r"Expected `str` matching regex '.*' - at `\$\.(\w+)`$", re.DOTALL)
+
+
 def _schema_rejection(raw: bytes, message: str) -> Rejected:
+    if (m := _NOT_TEXT.match(message)) is not None:  # msgspec names the whole pattern: say what it means
+        field = m.group(1)
+        what = "an id" if field.endswith("_id") and field not in LABEL_FIELDS else "a label"
+        return Rejected(
+            "schema",
+            f"{field} must be printable text ({what}: no control, zero-width or bidirectional-formatting characters"
+            + ("" if what == "an id" else ", no leading or trailing whitespace")
+            + f") - at `$.{field}`",
+        )
     if "schema_version" in message:
         try:
             version = _version_probe.decode(raw).get("schema_version")

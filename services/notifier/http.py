@@ -20,6 +20,9 @@ def create_notifier_app(notifier: Notifier) -> FastAPI:
         if not notifier.ready.is_set():
             response.status_code = 503
             return {"status": "starting", "lanes": notifier.lanes}
+        if not notifier.health.ok:  # a lane's partition waits at a record batch that cannot be read
+            response.status_code = 503
+            return {"status": "partitions stuck", "lanes": notifier.lanes, "stuck": notifier.health.report()}
         return {"status": "ready", "lanes": notifier.lanes}
 
     @app.get("/metrics", include_in_schema=False)

@@ -169,10 +169,19 @@ def pagerduty_event(n: Notice, routing_key: str, api_url: str) -> dict[str, Any]
 SLACK_EMOJI = {"firing": ":rotating_light:", "acknowledged": ":eyes:", "resolved": ":white_check_mark:"}
 
 
+def slack_escape(text: str) -> str:
+    """Text for Slack's mrkdwn, where ``&``, ``<`` and ``>`` are markup (labels may hold them).
+
+    >>> slack_escape("Q&A <beta>")
+    'Q&amp;A &lt;beta&gt;'
+    """
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_message(n: Notice, api_url: str) -> dict[str, Any] | None:
     if n.state == "rebaselined" or n.state == "commented":
         return None  # history, not news: kept out of the channel
-    text = f"{SLACK_EMOJI.get(n.state, ':information_source:')} *{n.state.upper()}* {describe(n)}"
+    text = f"{SLACK_EMOJI.get(n.state, ':information_source:')} *{n.state.upper()}* {slack_escape(describe(n))}"
     link_text = " | ".join(f"<{href}|{name}>" for name, href in links(api_url, n).items())
     return {
         "text": text,

@@ -35,6 +35,7 @@ from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, 
 from services.common.history import apply_action
 from services.common.kafka import ensure_topics, make_consumer
 from services.common.migrate import ensure_schema
+from services.common.unreadable import ConsumerHealth
 from services.notifier.messages import Notice, notice_of_action, notice_of_alert
 from services.notifier.receivers import (
     AlertmanagerReceiver,
@@ -109,6 +110,7 @@ class Notifier:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = NotifierMetrics(self.registry)
+        self.health = ConsumerHealth(self.registry, retry_s=settings.consumer_retry_s)
         self.engine: AsyncEngine | None = None
         self.client: httpx.AsyncClient | None = None
         self.receivers: list[Receiver] = []
@@ -199,7 +201,9 @@ class Notifier:
 
     async def _lane(self, name: str) -> None:
         s = self.settings
-        consumer = make_consumer(s, s.topic_alerts, s.topic_alert_actions, group_id=f"{s.notifier_group_id}-{name}")
+        consumer = make_consumer(
+            s, s.topic_alerts, s.topic_alert_actions, group_id=f"{s.notifier_group_id}-{name}", guard=self.health
+        )
         handler = self._record_history if name == "history" else self._deliver_to(name)
         attempt = 0
         while True:

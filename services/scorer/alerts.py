@@ -74,6 +74,18 @@ RULES = tuple(RULE_ERROR_TYPES)
 _OVER, _UNDER = 1, 2  # wire error-type codes
 
 
+def dedup_key(rule: str, policy_label: str, vendor_id: str) -> str:
+    """``rule|policy_label|vendor_id``, each part with ``%`` and ``|`` percent-encoded, so a label that
+    holds a ``|`` cannot make two pairs share a key (labels without them read as written).
+
+    >>> dedup_key("error_rate", "SCAMS_AND_FRAUD", "V01")
+    'error_rate|SCAMS_AND_FRAUD|V01'
+    >>> dedup_key("error_rate", "a|b", "c"), dedup_key("error_rate", "a", "b|c")
+    ('error_rate|a%7Cb|c', 'error_rate|a|b%7Cc')
+    """
+    return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in (rule, policy_label, vendor_id))
+
+
 def rule_hit(rule: str, is_error: bool, error_type: int) -> bool:
     """Whether a judged verdict counts as a hit for a rule's Bernoulli stream."""
     if rule == RULE_ERROR_RATE:
@@ -143,7 +155,7 @@ class PairMonitor:
 
     @property
     def dedup_key(self) -> str:
-        return f"{self.rule}|{self.policy_label}|{self.vendor_id}"
+        return dedup_key(self.rule, self.policy_label, self.vendor_id)
 
     def alert_id(self) -> str:
         return str(uuid.uuid5(ALERT_NAMESPACE, f"{self.dedup_key}|{self.state.episode}"))

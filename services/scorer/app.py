@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
+from services.common.unreadable import ConsumerHealth
 from services.common.wire import ERROR_TYPES
 from services.scorer.alerts import AlertEvent
 from services.scorer.pipeline import Detection, RateBook, RebuildSuperseded, detect
@@ -116,7 +117,8 @@ class Scorer:
         self._sink_ready = asyncio.Event()  # set once on_start has made the sink
         self.book = RateBook()
         self._ignored_reported = 0
-        self.stage = DecisionStage(s, self.book, self.metrics, on_batch=self._on_batch)
+        self.health = ConsumerHealth(self.metrics.registry, retry_s=s.consumer_retry_s)
+        self.stage = DecisionStage(s, self.book, self.metrics, on_batch=self._on_batch, health=self.health)
         self.stalled: list[int] = []
         self.ready = False
         self.policy = s.monitor_policy()
@@ -128,6 +130,7 @@ class Scorer:
             **({"datadir": s.scorer_data_dir} if s.scorer_data_dir else {}),
             topic_partitions=s.partitions,
             web_host=s.scorer_web_host,
+            web_bind=s.scorer_web_host,  # Faust binds 0.0.0.0 unless told (web_host only names it)
             web_port=s.scorer_web_port,
             web_in_thread=False,
             broker_session_timeout=s.faust_session_timeout_s,
@@ -272,6 +275,8 @@ class Scorer:
         @app.page("/readyz")
         class Ready(View):
             async def get(self, request: Request) -> Response:
+                if not scorer.health.ok:  # a partition waits at a batch that cannot be read
+                    return self.json({"status": "partitions stuck", "stuck": scorer.health.report()}, status=503)
                 if scorer.ready and scorer.stage.serving:
                     return self.json({"status": "ready"})
                 return self.json({"status": "recovering"}, status=503)
@@ -297,10 +302,10 @@ class Scorer:
             committed = {tp: await consumer.committed(tp) for tp in unstarted}
         except Exception:
             return
-        now, stalled = time.monotonic(), []
+        now, stalled, unreadable = time.monotonic(), [], stage.unreadable()
         for tp in tps:
-            if tp.partition not in stage.progress:
-                continue  # revoked meanwhile
+            if tp.partition not in stage.progress or tp.partition in unreadable:
+                continue  # revoked meanwhile, or waiting at an unreadable batch (reported on its own)
             done, since = stage.progress[tp.partition]
             if done < 0:
                 done = committed.get(tp) or 0

@@ -42,6 +42,7 @@ from aiokafka.errors import KafkaError
 
 from services.common.config import ScorerSettings
 from services.common.kafka import BrokerWatch, make_consumer, make_producer
+from services.common.unreadable import ConsumerHealth, GuardedConsumer
 from services.common.wire import WireEvent, decode_batch
 from services.scorer.join import Deltas, Outcome, expired, touched_ms
 from services.scorer.pipeline import RateBook, Records, group_outcomes, score_batch
@@ -73,8 +74,10 @@ class DecisionStage:
         book: RateBook,
         metrics: Any,
         on_batch: Callable[[int, int, int, int], None] | None = None,
+        health: ConsumerHealth | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health
         self.book = book
         self.metrics = metrics
         self.on_batch = on_batch
@@ -124,6 +127,7 @@ class DecisionStage:
         await self.producer.start()
         self.consumer = make_consumer(
             s,
+            guard=self.health,
             group_id=self.group_id,
             session_timeout_ms=int(s.faust_session_timeout_s * 1000),
             rebalance_timeout_ms=int(s.faust_rebalance_timeout_s * 1000),
@@ -255,7 +259,7 @@ class DecisionStage:
         full = {p for p in self.owned if self._buffered.get(p, 0) >= MAX_BUFFERED_EVENTS}
         if full:
             consumer.pause(*(TopicPartition(self.topic, p) for p in full))
-        resumable = [TopicPartition(self.topic, p) for p in self.owned - full]
+        resumable = [TopicPartition(self.topic, p) for p in self.owned - full - self.unreadable()]
         if resumable:
             consumer.resume(*resumable)
         if self.owned and full == self.owned:
@@ -318,8 +322,16 @@ class DecisionStage:
                 break  # its next records are still on the broker
         return ready
 
+    def unreadable(self) -> set[int]:
+        """Owned partitions waiting at a record batch that cannot be read (see ``ConsumerHealth``)."""
+        if not isinstance(self.consumer, GuardedConsumer):
+            return set()
+        return {tp.partition for tp in self.consumer.waiting() if tp.topic == self.topic}
+
     def _lagging(self, p: int) -> bool:
         assert self.consumer is not None
+        if p in self.unreadable():
+            return False  # records wait on the broker, but none can be read: the merge does not wait for them
         highwater = self.consumer.highwater(TopicPartition(self.topic, p))
         fetched_to = self._fetched_to.get(p)
         return highwater is not None and fetched_to is not None and fetched_to < highwater

@@ -131,7 +131,7 @@ async def test_scorer_rides_out_a_broker_outage(
 ) -> None:
     """The scorer with the broker away for 30 s between two halves of a stream: not ready while
     it is away, the same process carries on afterwards, and every count is exact."""
-    from tests.integration.test_exactly_once import exact, put_on_events_topic, scorer_metric
+    from tests.scorerutil import exact, put_on_events_topic, scorer_metric
     from tests.streams import Stream, make_stream
 
     broker_port, proxy_port = free_port(), free_port()

@@ -8,8 +8,6 @@ and bad records interleaved with good ones.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,22 +18,10 @@ import pytest
 from tests.conftest import Service, eventually, free_port
 from tests.kafkautil import consume_all, produce
 from tests.observability import panel_queries, promtool
-from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, make_key, matches
 from tests.receivers import Recorder
 
 pytestmark = pytest.mark.integration
-
-
-def make_key(env: dict[str, str], name: str, role: str) -> str:
-    """An API key made the way an admin makes one: with the CLI."""
-    out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "keys", "create", "--name", name, "--role", role],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.rsplit(": ", 1)[1].strip()
 
 
 async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(

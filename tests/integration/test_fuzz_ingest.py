@@ -23,9 +23,9 @@ from services.ingest.http import create_ingest_app
 from services.ingest.service import IngestService
 from services.ingest.validate import REASONS, Rejected, validate_record
 from tests import factories
-from tests.integration.test_ingest import settings
 from tests.kafkautil import consume_all, produce
 from tests.malformed import malformed_batch
+from tests.pipeline_util import ingest_settings as settings
 
 pytestmark = pytest.mark.integration
 

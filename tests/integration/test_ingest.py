@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections import Counter
 
 import httpx
@@ -11,7 +10,6 @@ import orjson
 import pytest
 
 from services.common.auth import create_key
-from services.common.config import IngestSettings
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
 from services.common.wire import WireDecision, WireVerdict, decode_batch
@@ -19,19 +17,9 @@ from services.ingest.http import create_ingest_app
 from services.ingest.service import IngestService
 from tests import factories
 from tests.kafkautil import consume_all, produce
+from tests.pipeline_util import ingest_settings as settings
 
 pytestmark = pytest.mark.integration
-
-
-def settings(service_env: dict[str, str]) -> IngestSettings:
-    env = {k: v for k, v in service_env.items() if k.startswith("MODQ_")}
-    old = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return IngestSettings()
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
 
 
 async def run_for(service: IngestService, seconds: float) -> None:

@@ -10,7 +10,7 @@ import jsonschema
 import msgspec
 import pytest
 
-from services.common.events import Appeal, Decision, Verdict
+from services.common.events import LABEL_FIELDS, Appeal, Decision, Verdict
 from services.ingest.validate import Rejected, validate_record
 from tests import factories
 
@@ -97,11 +97,25 @@ def _samples(kind: str) -> list[dict[str, typing.Any]]:
         missing = dict(good)
         del missing[field]
         bad.append(missing)
-        for wrong in (None, 12345, 0.5, 2.0, True, "NOT_AN_ENUM_VALUE", "", "x" * 200, [], {}):
+        for wrong in (None, 12345, 0.5, 2.0, True, "NOT_AN_ENUM_VALUE", "", "x" * 200, [], {}, *NOT_TEXT):
             mutated = dict(good)
             mutated[field] = wrong
             bad.append(mutated)
-    return [good, *bad]
+    spelled = [{**good, **{f: label for f in good if f in LABEL_FIELDS}} for label in PLATFORM_LABELS]
+    return [good, *spelled, *bad]
+
+
+PLATFORM_LABELS = (
+    "counterfeit_goods",
+    "ip.trademark/counterfeit",
+    "a|b%2F c",
+    "Hassrede (DE) §130",
+    "偽造品",
+    "x" * 128,
+)
+"""Labels as platforms write them: kept as written, whatever their case and punctuation."""
+NOT_TEXT = (" padded", "padded ", "tab\there", "newline\n", "nul\x00", "zero\u200bwidth", "\u202eevil", "x" * 129)
+"""Not a label: control or formatting characters, surrounding whitespace, too long."""
 
 
 @pytest.mark.parametrize(("kind", "tp", "schema_file"), CASES)
@@ -144,3 +158,27 @@ def test_alert_actions_agree_with_their_published_schema() -> None:
     bad = json.loads(encode_action(new_action(action="commented", policy_label="L", vendor_id="V", actor="p")))
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({**bad, "action": "deleted"})
+
+
+def test_label_fields_are_the_platforms_vocabulary() -> None:
+    assert {
+        "policy_label", "vendor_id", "market", "content_language", "policy_version", "category", "queue_id",
+        "model_id", "model_version", "sampling_strategy", "expected_policy_label", "channel",
+    } == LABEL_FIELDS  # fmt: skip
+
+
+@pytest.mark.parametrize("label", PLATFORM_LABELS)
+def test_labels_are_kept_as_written(label: str) -> None:
+    doc = factories.decision("d1", policy_label=label, vendor_id=label, market=label)
+    result = validate_record("decision", json.dumps(doc).encode(), now_ms=NOW_MS, max_bytes=65536, max_future_skew_ms=0)
+    assert isinstance(result, Decision)
+    assert (result.policy_label, result.vendor_id, result.market) == (label, label, label)
+
+
+@pytest.mark.parametrize("label", NOT_TEXT)
+def test_a_label_that_is_not_printable_text_is_refused_with_a_clear_reason(label: str) -> None:
+    doc = factories.decision("d1", policy_label=label)
+    result = validate_record("decision", json.dumps(doc).encode(), now_ms=NOW_MS, max_bytes=65536, max_future_skew_ms=0)
+    assert isinstance(result, Rejected) and result.reason == "schema"
+    assert "policy_label" in result.detail
+    assert "regex" not in result.detail  # the reason in words, not the pattern
