@@ -36,34 +36,25 @@ rate_buckets = Table(
     Column("vendor_id", String(LABEL_MAX), nullable=False),
     Column("market", String(LABEL_MAX), nullable=False),
     Column("bucket_start", DateTime(timezone=True), nullable=False),
-    Column("partition", Integer, nullable=False),
     *[
         Column(name, Float if name.startswith("weighted") else BigInteger, nullable=False, server_default="0")
         for name in COUNT_FIELDS
     ],
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("policy_label", "vendor_id", "market", "bucket_start", "partition"),
+    PrimaryKeyConstraint("policy_label", "vendor_id", "market", "bucket_start"),
     Index("ix_rate_buckets_bucket_start", "bucket_start"),
-)
-
-book_writes = Table(
-    "book_writes",
-    metadata,
-    # Rate-book writes add counts, so each must apply once: a write retried after its commit was
-    # in fact done (the acknowledgement lost) is recognised by its writer's sequence number.
-    Column("writer_id", String(80), primary_key=True),
-    Column("seq", BigInteger, nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 bucket_owners = Table(
     "bucket_owners",
     metadata,
-    # The scorer process that writes a partition's rate buckets: claimed by the rebuild write of a
-    # process the partition moved to, checked (share-locked) by every write, so a write of the
-    # process it left never lands after the new owner's rebuild.
+    # Per partition of the events topic: the scorer process that writes its changes (claimed when
+    # the partition is assigned to it; every write locks the row and drops the changes of
+    # partitions another process has claimed since) and the offset its counts in rate_buckets go up
+    # to, raised in the same transaction as the counts (services.scorer.book).
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("writer_id", String(80), nullable=False),
+    Column("applied_to", BigInteger, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

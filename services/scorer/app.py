@@ -5,10 +5,9 @@
   grouped by (policy_label, vendor_id) to modq.pair-outcomes.
 - agent ``detect``: modq.pair-outcomes -> monitor table, alert state changes to quality.alerts.
 - agent ``record_alerts``: quality.alerts -> alert history in the database (idempotent upserts).
-Rate buckets reach the database from a timer that adds the changes since the last flush, one
-numbered write at a time, each applied once (``RateBook``, ``DbSink.write_book``); after a
-recovery the first write replaces the partitions' open buckets. All state lives in changelogs, so
-it survives restarts.
+Rate buckets reach the database from a timer that adds the changes since the last flush, each
+partition's applied once by the events offset they go up to (``services.scorer.book``,
+``DbSink.write_book``). All state lives in changelogs, so it survives restarts.
 """
 
 from __future__ import annotations
@@ -33,7 +32,8 @@ from services.common.db import make_engine
 from services.common.unreadable import ConsumerHealth
 from services.common.wire import ERROR_TYPES
 from services.scorer.alerts import AlertEvent
-from services.scorer.pipeline import Detection, RateBook, RebuildSuperseded, detect
+from services.scorer.book import RateBook
+from services.scorer.pipeline import Detection, detect
 from services.scorer.sink import DbSink
 from services.scorer.stage import DecisionStage
 
@@ -55,11 +55,6 @@ class ScorerMetrics:
         self.expired_decisions = Counter(
             "modq_scorer_expired_decisions",
             "Decision states expired on event time (MODQ_SCORER_STATE_RETENTION_S)",
-            registry=registry,
-        )
-        self.closed_bucket_changes = Counter(
-            "modq_scorer_closed_bucket_changes",
-            "Changes to rate buckets older than the state retention, dropped (events that late)",
             registry=registry,
         )
         self.database_wait = Counter(
@@ -116,9 +111,17 @@ class Scorer:
         self.sink: DbSink | None = None
         self._sink_ready = asyncio.Event()  # set once on_start has made the sink
         self.book = RateBook()
-        self._ignored_reported = 0
+        self.book_lock = asyncio.Lock()
         self.health = ConsumerHealth(self.metrics.registry, retry_s=s.consumer_retry_s)
-        self.stage = DecisionStage(s, self.book, self.metrics, on_batch=self._on_batch, health=self.health)
+        self.stage = DecisionStage(
+            s,
+            self.book,
+            self.metrics,
+            on_batch=self._on_batch,
+            health=self.health,
+            claim=self.claim,
+            book_lock=self.book_lock,
+        )
         self.stalled: list[int] = []
         self.ready = False
         self.policy = s.monitor_policy()
@@ -230,7 +233,6 @@ class Scorer:
             self.engine = make_engine(s.database_url)
             self.sink = DbSink(self.engine)
             self._sink_ready.set()
-            await self._retry_db(self.sink.forget_writers)
 
         @app.on_before_shutdown.connect
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
@@ -351,37 +353,37 @@ class Scorer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    async def claim(self, partitions: list[int]) -> dict[int, int]:
+        """Claim partitions for this process's writes (retried while the database is away);
+        returns how far each one's counts in the database go."""
+        await self._sink_ready.wait()  # partitions can be assigned before on_start has run
+        delay = 0.2
+        while True:
+            try:
+                return await self._sink().claim(partitions)
+            except Exception:
+                self.metrics.flush_failures.inc()
+                log.exception("claiming partitions failed; retrying", extra={"retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def flush(self) -> int:
         """Write the book's pending changes (or retry a failed write); returns the rows written."""
         if self.sink is None:
             return 0
-        write = self.book.take()
         written = 0
-        if write is not None:
-            started = time.monotonic()
-            try:
-                if await self.sink.write_book(write):
-                    written = len(write.rows) + (write.rebuild.rows if write.rebuild else 0)
-                self.book.written(write)
-                if write.rebuild is not None:
-                    log.info(
-                        "rate book rebuilt",
-                        extra={
-                            "partitions": sorted(write.rebuild.partitions),
-                            "rows": write.rebuild.rows,
-                            "seconds": round(time.monotonic() - started, 3),
-                        },
-                    )
-            except RebuildSuperseded:
-                self.book.failed(write)  # superseded: dropped (a newer rebuild replaces it)
-            except Exception:
-                self.book.failed(write)
-                self.metrics.flush_failures.inc()
-                log.exception("bucket flush failed; will retry", extra={"buckets": len(write.rows), "seq": write.seq})
+        async with self.book_lock:
+            write = self.book.take()
+            if write is not None:
+                try:
+                    result = await self.sink.write_book(write)
+                    self.book.written(write)
+                    written = sum(len(write.parts[p][0]) for p in result.applied)
+                except Exception:
+                    self.book.failed(write)
+                    self.metrics.flush_failures.inc()
+                    log.exception("bucket flush failed; will retry", extra={"buckets": write.row_count()})
         self.metrics.dirty_buckets.set(self.book.pending_rows())
-        if self.book.ignored > self._ignored_reported:
-            self.metrics.closed_bucket_changes.inc(self.book.ignored - self._ignored_reported)
-            self._ignored_reported = self.book.ignored
         return written
 
 

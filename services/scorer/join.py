@@ -163,18 +163,6 @@ class Deltas:
         self.outcomes.append(Outcome(attrs.policy_label, attrs.vendor_id, v.t_ms, v.code == INCORRECT, v.error_type))
 
 
-def add_contribution(state: DecisionState, deltas: Deltas) -> None:
-    """Add everything a decision's state contributes to the rate buckets (rebuilds after recovery)."""
-    attrs = state.attrs
-    if attrs is None:
-        return  # verdicts and appeals still waiting for their decision count nowhere yet
-    deltas.decision(attrs)
-    if state.verdict is not None:
-        deltas.verdict(attrs, state.verdict, +1)
-    for outcome, a_ms in (state.appeals or {}).values():
-        deltas.appeal(attrs, outcome, a_ms)
-
-
 def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
     """True when verdict `new` should replace verdict `cur`, whatever order they came in."""
     if new.supersedes == cur.verdict_id:

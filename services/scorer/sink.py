@@ -1,98 +1,103 @@
-"""Scorer results to the database: rate-book writes applied once each, alert states as idempotent upserts."""
+"""Scorer results to the database: book writes applied once each (by offset), alerts as idempotent upserts."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import and_, case, delete, not_, select
+from sqlalchemy import and_, case, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alert_history, alerts, book_writes, bucket_owners, insert_for, rate_buckets
+from services.common.db import alert_history, alerts, bucket_owners, insert_for, rate_buckets
 from services.common.history import parse_ts
 from services.scorer.alerts import AlertEvent
-from services.scorer.pipeline import BookKey, BookWrite
-from services.scorer.rates import COUNT_FIELDS, Counts
+from services.scorer.book import BookWrite
+from services.scorer.rates import COUNT_FIELDS, BucketKey, Counts, add_into
+
+UPSERT_CHUNK_ROWS = 5_000
+_KINDS = tuple("weighted" if f.startswith("weighted") else "count" for f in COUNT_FIELDS)
 
 log = logging.getLogger("modq.scorer.sink")
 
-UPSERT_CHUNK_ROWS = 5_000
-_BUCKET_KEY = ("policy_label", "vendor_id", "market", "bucket_start", "partition")
-_BUCKET_COLUMNS = (*_BUCKET_KEY, *COUNT_FIELDS, "updated_at")
+_KEY = ("policy_label", "vendor_id", "market", "bucket_start")
+_COLUMNS = (*_KEY, *COUNT_FIELDS, "updated_at")
 
 
 def _quoted(columns: Iterable[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
-PG_ADD_BUCKETS = (
-    f"INSERT INTO rate_buckets ({_quoted(_BUCKET_COLUMNS)})"
-    f" VALUES ({', '.join(f'${i + 1}' for i in range(len(_BUCKET_COLUMNS)))})"
-    f" ON CONFLICT ({_quoted(_BUCKET_KEY)}) DO UPDATE SET "
+PG_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS modq_book_rows (LIKE rate_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+"""Per connection, where a write's rows are copied before they are added to ``rate_buckets``."""
+PG_MERGE = (
+    f"INSERT INTO rate_buckets ({_quoted(_COLUMNS)}) SELECT {_quoted(_COLUMNS)} FROM modq_book_rows"
+    f" ORDER BY {_quoted(_KEY)}"  # one lock order for every writer: two writers never deadlock
+    f" ON CONFLICT ({_quoted(_KEY)}) DO UPDATE SET "
     + ", ".join(f'"{c}" = rate_buckets."{c}" + EXCLUDED."{c}"' for c in COUNT_FIELDS)
     + ', "updated_at" = EXCLUDED."updated_at"'
 )
-"""Adds a row of counts, for asyncpg's executemany: parameters encoded in C, not by SQLAlchemy."""
-PG_RESET_PARTITION = 'DELETE FROM rate_buckets WHERE "partition" = $1 AND bucket_start >= $2'
-PG_CLAIM_WRITE = (
-    "INSERT INTO book_writes (writer_id, seq, updated_at) VALUES ($1, $2, $3)"
-    " ON CONFLICT (writer_id) DO UPDATE SET seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at"
-    " WHERE book_writes.seq < EXCLUDED.seq RETURNING seq"
+PG_LOCK_OWNERS = (
+    "SELECT partition, writer_id, coalesce(applied_to, 0) AS applied_to FROM bucket_owners"
+    " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE"
 )
-"""Records a write's number; returns no row if the writer already applied it."""
-PG_CLAIM_PARTITION = (
-    "INSERT INTO bucket_owners (partition, writer_id, updated_at) VALUES ($1, $2, $3)"
+PG_SET_APPLIED = (
+    "UPDATE bucket_owners SET applied_to = v.t, updated_at = $3"
+    " FROM unnest($1::int[], $2::bigint[]) AS v(p, t) WHERE partition = v.p"
+)
+PG_CLAIM = (
+    "INSERT INTO bucket_owners (partition, writer_id, applied_to, updated_at)"
+    " SELECT p, $2, 0, $3 FROM unnest($1::int[]) AS p ORDER BY p"
     " ON CONFLICT (partition) DO UPDATE SET writer_id = EXCLUDED.writer_id, updated_at = EXCLUDED.updated_at"
+    " RETURNING partition, coalesce(applied_to, 0) AS applied_to"
 )
-PG_PARTITION_OWNER = "SELECT writer_id FROM bucket_owners WHERE partition = $1 FOR SHARE"
 
 
-async def _fence(
-    write: BookWrite,
-    writer_id: str,
-    claim: Callable[[int], Awaitable[Any]],
-    owner: Callable[[int], Awaitable[str | None]],
-) -> set[int]:
-    """Claim the partitions the write rebuilds; return the others of its rows that another writer
-    has claimed since (their rows are skipped: the partition moved, and its new owner's rebuild
-    replaced them). A claim locks the partition's owner row and a check share-locks it until the
-    transaction ends, so a new owner's rebuild waits for a write of the old owner still in
-    progress, and both go in ascending partition order (two writers never wait on each other)."""
-    lost: set[int] = set()
-    for p in sorted(set(write.resets) | {key[0] for key in write.rows}):
-        if p in write.resets:
-            await claim(p)
-        elif (holder := await owner(p)) is not None and holder != writer_id:
-            lost.add(p)
-    if lost:
-        log.warning("changes of partitions another scorer writes now dropped", extra={"partitions": sorted(lost)})
-    return lost
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a book write did, per partition: added, in already (a retry), or moved to another writer."""
 
-
-async def _chunks(write: BookWrite, lost: set[int]) -> AsyncIterator[list[tuple[BookKey, Counts]]]:
-    """The write's rows, ``UPSERT_CHUNK_ROWS`` at a time (parameters built for one chunk only):
-    first its rebuild's, summed a chunk at a time as they are read (the event loop gets a turn
-    between steps), then its changes, but those of ``lost`` partitions."""
-    if write.rebuild is not None:
-        for rows in write.rebuild.steps:
-            if rows is None:
-                await asyncio.sleep(0)
-                continue
-            items = iter(rows.items())
-            while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
-                yield chunk
-    items = iter(write.rows.items())
-    while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
-        yield [row for row in chunk if row[0][0] not in lost] if lost else chunk
+    applied: frozenset[int] = frozenset()
+    already: frozenset[int] = frozenset()
+    lost: frozenset[int] = frozenset()
 
 
 def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _sort_out(
+    write: BookWrite, owners: dict[int, tuple[str, int]], writer_id: str
+) -> tuple[WriteResult, dict[BucketKey, Counts], dict[int, int]]:
+    """Which partitions of a write to add (owned by this writer, not in yet), their rows summed,
+    and the offsets to record for them."""
+    applied, already, lost = set(), set(), set()
+    rows: dict[BucketKey, Counts] = {}
+    through: dict[int, int] = {}
+    for p, (part_rows, up_to) in sorted(write.parts.items()):
+        owner = owners.get(p)
+        if owner is None or owner[0] != writer_id:
+            lost.add(p)
+        elif owner[1] >= up_to:
+            already.add(p)
+        else:
+            applied.add(p)
+            through[p] = up_to
+            for key, counts in part_rows.items():
+                row = rows.get(key)
+                if row is None:
+                    rows[key] = list(counts)
+                else:
+                    add_into(row, counts)
+    if lost:
+        log.warning("changes of partitions another scorer writes now dropped", extra={"partitions": sorted(lost)})
+    return WriteResult(frozenset(applied), frozenset(already), frozenset(lost)), rows, through
 
 
 class DbSink:
@@ -102,58 +107,65 @@ class DbSink:
         self.engine = engine
         self.writer_id = writer_id or f"scorer-{uuid.uuid4().hex}"
 
-    async def write_book(self, write: BookWrite) -> bool:
-        """Apply a rate-book write in one transaction; False if it had been applied already."""
+    async def claim(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Become the writer of these partitions; returns each one's ``applied_to`` (the offset its
+        counts in the database go up to). Waits for a write of the previous writer still in its
+        transaction (it holds the partition's owner row), so none of that writer's writes can
+        land after the claim."""
+        parts = sorted(set(partitions))
+        if not parts:
+            return {}
+        now = datetime.now(tz=UTC)
+        if self.engine.dialect.name == "postgresql":
+            async with self.engine.connect() as conn:
+                pg: Any = (await conn.get_raw_connection()).driver_connection
+                async with pg.transaction():
+                    claimed = await pg.fetch(PG_CLAIM, parts, self.writer_id, now)
+            return {r["partition"]: int(r["applied_to"]) for r in claimed}
+        async with self.engine.begin() as conn:
+            out = {}
+            for p in parts:
+                stmt = insert_for(self.engine, bucket_owners).values(
+                    partition=p, writer_id=self.writer_id, applied_to=0, updated_at=now
+                )
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["partition"],
+                    set_={"writer_id": stmt.excluded.writer_id, "updated_at": stmt.excluded.updated_at},
+                )
+                await conn.execute(stmt)
+                found = await conn.execute(select(bucket_owners.c.applied_to).where(bucket_owners.c.partition == p))
+                out[p] = int(found.scalar() or 0)
+            return out
+
+    async def write_book(self, write: BookWrite) -> WriteResult:
+        """Add a book write's rows in one transaction: for each of its partitions only while this
+        writer owns it and only if the database does not have them yet, raising its ``applied_to``."""
+        if not write.parts:
+            return WriteResult()
         if self.engine.dialect.name == "postgresql":
             return await self._pg_write_book(write)
-        # One statement, executed for many parameter sets: compiled once and cached (a multi-row
-        # VALUES clause is compiled anew for every flush, which cost half the scorer's time).
+        now = datetime.now(tz=UTC)
         add = insert_for(self.engine, rate_buckets)
+        # One statement for many parameter sets: compiled once and cached.
         add = add.on_conflict_do_update(
-            index_elements=list(_BUCKET_KEY),
+            index_elements=list(_KEY),
             set_={
                 **{name: rate_buckets.c[name] + add.excluded[name] for name in COUNT_FIELDS},
                 "updated_at": add.excluded.updated_at,
             },
         )
-        claim = insert_for(self.engine, book_writes).values(
-            writer_id=self.writer_id, seq=write.seq, updated_at=datetime.now(tz=UTC)
-        )
-        claim = claim.on_conflict_do_update(
-            index_elements=["writer_id"],
-            set_={"seq": claim.excluded.seq, "updated_at": claim.excluded.updated_at},
-            where=book_writes.c.seq < claim.excluded.seq,
-        ).returning(book_writes.c.seq)
-        now = datetime.now(tz=UTC)
         async with self.engine.begin() as conn:
-            if (await conn.execute(claim)).first() is None:
-                return False
-
-            async def claim_partition(p: int) -> None:
-                row = {"partition": p, "writer_id": self.writer_id, "updated_at": now}
-                stmt = insert_for(self.engine, bucket_owners).values(row)
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["partition"],
-                        set_={"writer_id": stmt.excluded.writer_id, "updated_at": stmt.excluded.updated_at},
-                    )
+            found = await conn.execute(
+                select(bucket_owners.c.partition, bucket_owners.c.writer_id, bucket_owners.c.applied_to).where(
+                    bucket_owners.c.partition.in_(list(write.parts))
                 )
-
-            async def owner(p: int) -> str | None:
-                found = await conn.execute(select(bucket_owners.c.writer_id).where(bucket_owners.c.partition == p))
-                return found.scalar()
-
-            lost = await _fence(write, self.writer_id, claim_partition, owner)
-            for p, start_ms in write.resets.items():
-                await conn.execute(
-                    delete(rate_buckets).where(
-                        rate_buckets.c.partition == p, rate_buckets.c.bucket_start >= _ts(start_ms)
-                    )
-                )
-            async for chunk in _chunks(write, lost):
+            )
+            owners = {r.partition: (r.writer_id, int(r.applied_to or 0)) for r in found}
+            result, rows, through = _sort_out(write, owners, self.writer_id)
+            items = iter(rows.items())
+            while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
                 values = [
                     {
-                        "partition": p,
                         "policy_label": label,
                         "vendor_id": vendor,
                         "market": market,
@@ -161,53 +173,48 @@ class DbSink:
                         "updated_at": now,
                         **dict(zip(COUNT_FIELDS, counts, strict=True)),
                     }
-                    for (p, label, vendor, market, start_ms), counts in chunk
+                    for (label, vendor, market, start_ms), counts in chunk
                 ]
                 await conn.execute(add, values)
-        return True
+            for p, up_to in through.items():
+                await conn.execute(
+                    update(bucket_owners).where(bucket_owners.c.partition == p).values(applied_to=up_to, updated_at=now)
+                )
+        return result
 
-    async def forget_writers(self, idle_s: float = 7 * 86_400) -> int:
-        """Drop the write numbers of writers idle that long (processes long gone); returns how many."""
-        cutoff = datetime.now(tz=UTC).timestamp() - idle_s
-        async with self.engine.begin() as conn:
-            done = await conn.execute(delete(book_writes).where(book_writes.c.updated_at < _ts(int(cutoff * 1000))))
-        return int(done.rowcount or 0)
-
-    async def _pg_write_book(self, write: BookWrite) -> bool:
-        """On PostgreSQL, straight through asyncpg: SQLAlchemy's per-row parameter processing cost
-        more CPU than the database's own work. Rows go a chunk of parameter sets at a time: the
-        parameters of a rebuild (millions of rows) built at once took gigabytes."""
+    async def _pg_write_book(self, write: BookWrite) -> WriteResult:
+        """On PostgreSQL, straight through asyncpg: the rows are copied (binary COPY) into a
+        temporary table and added from there in one statement, which costs PostgreSQL a fraction
+        of a statement per row."""
         now = datetime.now(tz=UTC)
         async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            pg: Any = raw.driver_connection
+            pg: Any = (await conn.get_raw_connection()).driver_connection
             async with pg.transaction():
-                if await pg.fetchval(PG_CLAIM_WRITE, self.writer_id, write.seq, now) is None:
-                    return False
-                lost = await _fence(
-                    write,
-                    self.writer_id,
-                    lambda p: pg.execute(PG_CLAIM_PARTITION, p, self.writer_id, now),
-                    lambda p: pg.fetchval(PG_PARTITION_OWNER, p),
-                )
-                for p, start_ms in write.resets.items():
-                    await pg.execute(PG_RESET_PARTITION, p, _ts(start_ms))
-                starts: dict[int, datetime] = {}  # rows of a write share few minutes
-                async for chunk in _chunks(write, lost):
-                    records = [
-                        (
-                            label,
-                            vendor,
-                            market,
-                            starts.get(start_ms) or starts.setdefault(start_ms, _ts(start_ms)),
-                            p,
-                            *c,
-                            now,
-                        )
-                        for (p, label, vendor, market, start_ms), c in chunk
-                    ]
-                    await pg.executemany(PG_ADD_BUCKETS, records)
-        return True
+                locked = await pg.fetch(PG_LOCK_OWNERS, sorted(write.parts))
+                owners = {r["partition"]: (r["writer_id"], int(r["applied_to"])) for r in locked}
+                result, rows, through = _sort_out(write, owners, self.writer_id)
+                if rows:
+                    starts: dict[int, datetime] = {}  # rows of a write share few minutes
+                    await pg.execute(PG_STAGE)
+                    await pg.copy_records_to_table(
+                        "modq_book_rows",
+                        columns=_COLUMNS,
+                        records=[
+                            (
+                                label,
+                                vendor,
+                                market,
+                                starts.get(start_ms) or starts.setdefault(start_ms, _ts(start_ms)),
+                                *(int(c) if f != "weighted" else c for f, c in zip(_KINDS, counts, strict=True)),
+                                now,
+                            )
+                            for (label, vendor, market, start_ms), counts in rows.items()
+                        ],
+                    )
+                    await pg.execute(PG_MERGE)
+                if through:
+                    await pg.execute(PG_SET_APPLIED, list(through), list(through.values()), now)
+        return result
 
     async def upsert_alert(self, event: AlertEvent) -> None:
         row = {

@@ -4,18 +4,20 @@ This stage runs on a plain aiokafka consumer group inside the Faust worker rathe
 Faust agent, because it is where both correctness and speed are decided, and both need control
 over the order of writes, commits and recovery that Faust's agent and table machinery hides:
 
-- Per batch of records: apply the events to decision state (pure, ``score_batch``), send the
-  detector outcomes and wait for them, then send the changed state records to the changelog
-  and wait for them, then commit the source offsets. A crash anywhere leaves the changelog at or
-  ahead of the committed offset; replaying from the committed offset is harmless because every
-  state update is idempotent, and an outcome is either durable before the state that says it
-  was fed, or it is fed again (the detectors drop it by source offset: ``OutcomeBatch``).
-- On assignment, the state of each partition is read back from the changelog before any record
-  is processed: from the start for a partition that is new here, from where this worker's own
-  writes ended for one it kept. No in-flight write can be overtaken by recovery, because the
-  rebalance callbacks take the same lock as a batch.
-- The rate book is derived from the decision state (``RateBook.rebuild``), never trusted
-  across a recovery.
+- Per round of records: apply the events to decision state (pure, ``score_batch``); send the
+  detector outcomes and the round's book record (its bucket changes, per partition) and wait for
+  both, then send the changed state records to the changelog and wait for them, then commit the
+  source offsets. A crash anywhere leaves the changelog at or ahead of the committed offset;
+  replaying from the committed offset is harmless because every state update is idempotent, a
+  record below the partition's counted offset adds no bucket change (``services.scorer.book``),
+  and an outcome is either durable before the state that says it was fed, or it is fed again
+  (the detectors drop it by source offset: ``OutcomeBatch``).
+- On assignment, the state and the book records of each partition are read back from the
+  changelog before any record is processed: from the start for a partition that is new here (or
+  that another worker wrote since), from where this worker's own writes ended for one it kept;
+  then the partitions are claimed in the database, which says how far their counts go. No
+  in-flight write can be overtaken by recovery, because the rebalance callbacks take the same
+  lock as a round.
 - If the broker refuses a write, the owned partitions are rolled back to what the changelog
   holds and consumed again from their committed offsets; nothing is acknowledged that is not
   durable.
@@ -33,7 +35,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,10 @@ from services.common.config import ScorerSettings
 from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.unreadable import ConsumerHealth, GuardedConsumer
 from services.common.wire import WireEvent, decode_batch
+from services.scorer.book import PartitionBook, RateBook, book_key, book_offset, decode_rows, encode_rows
 from services.scorer.join import Deltas, Outcome, expired, touched_ms
-from services.scorer.pipeline import RateBook, Records, group_outcomes, score_batch
+from services.scorer.pipeline import group_outcomes, score_batch
+from services.scorer.rates import BucketKey, Counts
 from services.scorer.states import MemoryStates, PartitionStates, RocksStates
 
 log = logging.getLogger("modq.scorer.stage")
@@ -58,6 +62,8 @@ MAX_EVENTS_PER_ROUND = 20_000  # applied, then made durable and committed, as on
 MAX_ROUNDS_IN_FLIGHT = 2  # a round is applied while the one before it becomes durable
 MAX_BUFFERED_EVENTS = MAX_EVENTS_PER_ROUND  # per partition: fetching pauses above it
 SWEPT_KEY = b"\x00modq:swept"  # changelog record: the partition's state-expiry cutoff (not a decision)
+Claim = Callable[[list[int]], Awaitable[dict[int, int]]]
+"""Claims partitions in the database; returns how far each one's counts there go."""
 
 
 def changelog_topic(settings: ScorerSettings) -> str:
@@ -75,10 +81,16 @@ class DecisionStage:
         metrics: Any,
         on_batch: Callable[[int, int, int, int], None] | None = None,
         health: ConsumerHealth | None = None,
+        claim: Claim | None = None,
+        book_lock: asyncio.Lock | None = None,
     ) -> None:
         self.settings = settings
         self.health = health
         self.book = book
+        self.claim = claim
+        # Held by every database write of the book and by recovery's claim: a recovered book never
+        # misses (or repeats) a write of this process that was in flight.
+        self.book_lock = book_lock or asyncio.Lock()
         self.metrics = metrics
         self.on_batch = on_batch
         self.topic = settings.topic_events
@@ -192,8 +204,8 @@ class DecisionStage:
                 continue
             generation = self._generation
             ready = self._take_in_order()
-            if not ready and not any(self._sweep_cutoff(p) is not None for p in self.owned):
-                continue  # (with nothing to apply, a round can still be due to expire state)
+            if not ready and not self._round_due():
+                continue
             async with self._lock:
                 if generation != self._generation:
                     continue  # a rebalance came in between: consumption restarts from the commits
@@ -204,6 +216,11 @@ class DecisionStage:
                     delay = min(delay * 2, 10.0)
                     continue  # rolled back: the records are fetched again
                 self._apply(ready)
+
+    def _round_due(self) -> bool:
+        """With nothing to apply, a round can still be due: to expire state, or to tombstone book
+        records the database has now."""
+        return any(self.book.tombstones.get(p) or self._sweep_cutoff(p) is not None for p in self.owned)
 
     def _waiting_for_database(self) -> bool:
         """True while the rate book holds more unwritten rows than allowed: applying waits (the
@@ -269,7 +286,10 @@ class DecisionStage:
         # decodes (500 records of 2,000 events each held 750 MB of decoded events in a profile):
         # ask for about as many records as fill one partition's buffer, by the mean batch size.
         records = min(500, max(4, int(MAX_BUFFERED_EVENTS / max(1.0, self._events_per_record))))
-        return await consumer.getmany(timeout_ms=100 if self._buffers_hold_data() else 500, max_records=records)
+        got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = await consumer.getmany(
+            timeout_ms=100 if self._buffers_hold_data() else 500, max_records=records
+        )
+        return got
 
     def _buffer(self, p: int, messages: list[ConsumerRecord[bytes, bytes]]) -> None:
         buf = self._buffers.setdefault(p, deque())
@@ -337,8 +357,8 @@ class DecisionStage:
         return highwater is not None and fetched_to is not None and fetched_to < highwater
 
     def _apply(self, ready: list[Pending]) -> None:
-        """Apply records in the given order (under the lock) and send their detector outcomes; a
-        task then makes the round durable, while the next round is applied."""
+        """Apply records in the given order (under the lock); a task then makes the round durable,
+        while the next round is applied."""
         chunks: list[tuple[int, int, list[Outcome]]] = []
         written: dict[int, dict[bytes, bytes | None]] = {}
         offsets: dict[TopicPartition, int] = {}
@@ -346,7 +366,10 @@ class DecisionStage:
         newest_ms = events = 0
         for _, p, offset, batch in ready:
             states = self._states(p)
-            deltas = round_deltas.setdefault(p, Deltas())
+            # A record replayed below the partition's counted offset changes state only: its bucket
+            # changes are in the database or in the book already.
+            counted = offset < self.book.counted_to(p)
+            deltas = Deltas() if counted else round_deltas.setdefault(p, Deltas())
             fed_before = len(deltas.outcomes)
             writes, _ = score_batch(batch, states.get, into=deltas)
             states.write(writes)
@@ -357,28 +380,32 @@ class DecisionStage:
             events += len(batch)
             if batch:
                 newest_ms = max(newest_ms, max(ev.t_ms for ev in batch))
+        books: dict[int, bytes] = {}
         for p, deltas in round_deltas.items():
-            self.book.apply(p, deltas)
+            through = offsets[TopicPartition(self.topic, p)]
+            if rows := self.book.apply(p, deltas, through):
+                books[p] = encode_rows(rows)
         for p in self.owned:
-            self._expire(p, written.setdefault(p, {}))
+            changes = written.setdefault(p, {})
+            self._expire(p, changes)
+            changes.update(dict.fromkeys(self.book.take_tombstones(p)))
         written = {p: writes for p, writes in written.items() if writes}
         outcomes = group_outcomes(chunks)
         if self.on_batch is not None and ready:
             self.on_batch(len(ready), events, sum(len(fed) for *_, fed in chunks), newest_ms)
         previous = self._rounds[-1][0] if self._rounds else None
-        task = asyncio.create_task(self._make_durable(previous, outcomes, written, offsets))
-        self._rounds.append((task, set(written)))
+        task = asyncio.create_task(self._make_durable(previous, outcomes, books, written, offsets))
+        self._rounds.append((task, set(written) | set(books)))
 
     def _expire(self, p: int, writes: dict[bytes, bytes | None]) -> None:
         """Advance the partition's watermark and, now and then, expire old decision state.
 
         A decision's state expires ``retention`` (event time) after its newest event, measured
-        against the partition's watermark (the newest ``touched_ms`` in its state). Expiring state
-        closes the rate buckets it counted in, so a sweep only goes as far as the oldest bucket
-        not yet in the database, closes the buckets before its cutoff, writes tombstones for the
-        expired keys, and records the cutoff on the changelog (``SWEPT_KEY``) in the same round,
-        for a recovery to close the same buckets. A sweep scans the whole partition, so it runs
-        only once the cutoff can move by a twentieth of the retention.
+        against the partition's watermark (the newest ``touched_ms`` in its state): tombstones for
+        the expired keys go out in this round, with the cutoff (``SWEPT_KEY``), so that a recovery
+        does not sweep again at once. The rate buckets it counted in keep their counts (they are in
+        the database or in the book). A sweep scans the whole partition, so it runs only once the
+        cutoff can move by a twentieth of the retention.
         """
         newest = max((touched_ms(raw) for raw in writes.values() if raw is not None), default=0)
         self.watermark[p] = max(newest, self.watermark.get(p, 0))
@@ -386,7 +413,6 @@ class DecisionStage:
         if cutoff is None:
             return
         self._swept[p] = cutoff
-        self.book.close_before(p, cutoff)
         states = self._states(p)
         gone = expired(states.items(), cutoff)
         tombstones = dict.fromkeys(gone)
@@ -405,9 +431,6 @@ class DecisionStage:
         last = self._swept.get(p)
         if last is not None and cutoff - last < max(self.retention_ms // 20, 60_000):
             return None
-        unwritten = self.book.unwritten_from(p)
-        if unwritten is not None:
-            cutoff = min(cutoff, unwritten)  # buckets still to be written must stay open
         if cutoff <= 0 or (last is not None and cutoff <= last):
             return None
         return cutoff
@@ -416,16 +439,29 @@ class DecisionStage:
         self,
         previous: asyncio.Task[None] | None,
         outcomes: dict[bytes, bytes],
+        books: dict[int, bytes],
         written: dict[int, dict[bytes, bytes | None]],
         offsets: dict[TopicPartition, int],
     ) -> None:
-        """Outcomes durable, then the state that marks them fed, then the offsets: rounds in order."""
+        """Outcomes and book records durable, then the state that marks them fed and counted, then
+        the offsets: rounds in order. A round's book record is durable before any of its state
+        records is sent, so a state that holds the round's changes always comes with its book."""
         if previous is not None:
             await previous  # changelog records of a key must reach the log in the order written
         producer = self._producer()
         topic = self.settings.topic_outcomes
         # Sent here, after the round before: a pair's outcomes must stay in source-offset order.
-        await asyncio.gather(*[await producer.send(topic, payload, key=key) for key, payload in outcomes.items()])
+        first = [await producer.send(topic, payload, key=key) for key, payload in outcomes.items()]
+        book_sends = {
+            p: await producer.send(
+                self.changelog, rows, key=book_key(offsets[TopicPartition(self.topic, p)]), partition=p
+            )
+            for p, rows in books.items()
+        }
+        await asyncio.gather(*first)
+        for p, fut in book_sends.items():
+            meta = await fut
+            self.changelog_end[p] = max(self.changelog_end.get(p, 0), meta.offset + 1)
         changelog_sends: list[tuple[int, int, asyncio.Future[Any]]] = []
         for p, writes in written.items():
             changelog_sends.extend(await self._send_changelog(p, writes))
@@ -472,7 +508,6 @@ class DecisionStage:
 
     async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:
-            self.book.hold()  # until the assignment's rebuild: no write of a partition leaving
             await self._settle(rebalancing=True)  # no write of ours may land after the new owner recovered
             await self._commit()
             # Fetched but unapplied records are dropped: after the rebalance consumption restarts
@@ -488,14 +523,16 @@ class DecisionStage:
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         parts = {tp.partition for tp in assigned if tp.topic == self.topic}
         async with self._lock:
-            for p in set(self.states) - parts:  # another worker owns it now; re-read if it returns
+            leaving = (set(self.states) | set(self.book.parts)) - parts
+            for p in leaving:  # another worker owns it now; re-read if it returns
                 self._drop_states(p)
                 self.changelog_end.pop(p, None)
                 self._swept.pop(p, None)
+            async with self.book_lock:
+                self.book.drop(leaving)
             started = time.monotonic()
-            records = await self._recover_or_exit(parts)
+            records = await self._recover_forever(parts)
             self.owned = parts
-            self._rebuild_book()
             now = time.monotonic()
             self.progress = {p: (-1, now) for p in parts}
             self.ready = True
@@ -505,29 +542,62 @@ class DecisionStage:
                     "partitions": sorted(parts),
                     "records_read": records,
                     "decisions": sum(self.states[p].count() for p in parts if p in self.states),
+                    "rows_to_write": self.book.pending_rows(),
                     "seconds": round(now - started, 3),
                 },
             )
 
-    async def _recover_or_exit(self, parts: set[int]) -> int:
-        """Recover, retrying; a worker that cannot recover its state must not go on without it."""
-        for attempt in range(5):
+    async def _recover_forever(self, parts: set[int]) -> int:
+        """Recover, retrying for as long as it takes: a worker must not go on without its state
+        (not ready meanwhile; each failure is logged)."""
+        delay = 1.0
+        while True:
             try:
                 return await self._recover(parts)
             except Exception:
-                log.exception("decision state recovery failed", extra={"attempt": attempt + 1})
-                await asyncio.sleep(2.0 * (attempt + 1))
-        log.critical("giving up on recovering decision state; exiting for the supervisor to restart")
-        os._exit(70)
+                log.exception("decision state recovery failed; retrying", extra={"retry_in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _recover(self, parts: set[int]) -> int:
-        """Bring the state of ``parts`` up to the end of their changelog partitions."""
+        """Bring the state and book of ``parts`` up to the end of their changelog partitions, then
+        claim them in the database.
+
+        A partition kept from before is read from where this worker's writes ended; if another
+        worker wrote to it since (it moved away and back), it is read again from the start, since
+        its book here may hold changes that worker wrote to the database meanwhile."""
         if not parts:
             return 0
+        read, books = await self._read_changelog(parts, full={p for p in parts if p not in self.states})
+        moved = {p for p, n in read.items() if n and p not in books}
+        if moved:
+            for p in moved:
+                self._drop_states(p)
+            again, more = await self._read_changelog(moved, full=moved)
+            read.update(again)
+            books.update(more)
+        claim = self.claim
+        async with self.book_lock:
+            applied = await claim(sorted(parts)) if claim is not None else dict.fromkeys(parts, 0)
+            for p, records in books.items():
+                self.book.install(p, PartitionBook.recover(records, applied.get(p, 0)))
+            for p in parts - set(books):
+                if p not in self.book.parts:
+                    self.book.install(p, PartitionBook(applied.get(p, 0)))
+        return sum(read.values())
+
+    async def _read_changelog(
+        self, parts: set[int], full: set[int]
+    ) -> tuple[dict[int, int], dict[int, dict[int, dict[BucketKey, Counts]]]]:
+        """Read ``parts`` to the end of their changelog partitions, those in ``full`` from the start
+        (their state and book records), the others from where this worker's writes ended (state
+        only: records found there mean another worker wrote, see ``_recover``). Returns the
+        records read per partition and, per fully read partition, its live book records."""
         s = self.settings
         reader = make_consumer(s, max_partition_fetch_bytes=4_194_304, fetch_max_bytes=16_777_216)
         await reader.start()
-        read = 0
+        read: dict[int, int] = dict.fromkeys(parts, 0)
+        books: dict[int, dict[int, dict[BucketKey, Counts]]] = {p: {} for p in full}
         try:
             await reader.topics()  # metadata, to check the changelog matches the events topic
             available = reader.partitions_for_topic(self.changelog) or set()
@@ -545,8 +615,8 @@ class DecisionStage:
             todo: dict[TopicPartition, int] = {}
             for tp in tps:
                 p = tp.partition
-                start = self.changelog_end.get(p, 0) if p in self.states else 0
-                if start == 0:
+                start = 0 if p in full else self.changelog_end.get(p, 0)
+                if p in full:
                     self._drop_states(p)
                     self._states(p)
                     self._swept.pop(p, None)
@@ -555,14 +625,25 @@ class DecisionStage:
             while todo:
                 batches = await reader.getmany(*todo, timeout_ms=300, max_records=50_000)
                 for tp, messages in batches.items():
+                    p = tp.partition
                     changes: dict[bytes, bytes | None] = {}
+                    book = books.get(p)
                     for m in messages:
-                        if m.key == SWEPT_KEY:
-                            self._swept[tp.partition] = int.from_bytes(m.value or bytes(8), "big")
-                        elif m.key is not None:
-                            changes[m.key] = m.value
-                    self.states[tp.partition].write(changes)
-                    read += len(messages)
+                        key = m.key
+                        if key is None:
+                            continue
+                        if key == SWEPT_KEY:
+                            self._swept[p] = int.from_bytes(m.value or bytes(8), "big")
+                        elif (through := book_offset(key)) is not None:
+                            if book is not None:
+                                if m.value is None:
+                                    book.pop(through, None)
+                                else:
+                                    book[through] = decode_rows(m.value)
+                        else:
+                            changes[key] = m.value
+                    self.states[p].write(changes)
+                    read[p] += len(messages)
                 for tp in list(todo):
                     position = await reader.position(tp)
                     self.changelog_end[tp.partition] = position
@@ -570,36 +651,11 @@ class DecisionStage:
                         del todo[tp]
         finally:
             await reader.stop()
-        return read
-
-    def _rebuild_book(self) -> None:
-        """The book from the state, after a recovery: buckets closed by the recovered sweep cutoff
-        stay closed (their counts may be gone with expired state; the database has them). The
-        rebuild reads a view of the state taken now, while processing goes on; the watermarks
-        rise to the newest event time in it as it is read (no sweep runs until it is written)."""
-        for p in self.owned:
-            if p in self._swept:
-                self.book.close_before(p, self._swept[p])
-            self.watermark[p] = 0
-        self.book.rebuild(self.owned, self._state_view)
-
-    def _state_view(self, partitions: frozenset[int]) -> Records:
-        """The partitions' decision state as it is now (see ``RateBook.rebuild``)."""
-        views = [(p, self._states(p).snapshot()) for p in sorted(partitions)]  # taken now, read later
-        watermark = self.watermark
-
-        def records() -> Records:
-            for p, values in views:
-                newest = 0
-                for raw in values:
-                    newest = max(newest, touched_ms(raw))
-                    yield p, raw
-                watermark[p] = max(newest, watermark.get(p, 0))
-
-        return records()
+        return read, books
 
     async def _roll_back(self, parts: set[int]) -> None:
-        """After a failed write: state from the changelog, consumption from the committed offsets."""
+        """After a failed write: state and book from the changelog, consumption from the committed
+        offsets."""
         consumer = self.consumer
         assert consumer is not None
         parts &= self.owned
@@ -621,10 +677,9 @@ class DecisionStage:
                     else:
                         consumer.seek(tp, committed)
                 break
-            except KafkaError:
+            except Exception:
                 log.exception("roll back failed; retrying")
                 await asyncio.sleep(1.0)
-        self._rebuild_book()
 
     def _states(self, p: int) -> PartitionStates:
         """The partition's state store, opened (empty) if there is none yet."""
@@ -638,7 +693,6 @@ class DecisionStage:
         return states
 
     def _drop_states(self, p: int) -> None:
-        self.book.hold()  # a rebuild still reading the store stops; the next rebuild replaces all
         states = self.states.pop(p, None)
         if states is not None:
             states.close()

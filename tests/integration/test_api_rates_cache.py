@@ -10,7 +10,7 @@ import pytest
 
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
-from services.scorer.pipeline import BookWrite
+from services.scorer.book import BookWrite
 from services.scorer.sink import DbSink
 from tests.conftest import Service, eventually, free_port
 from tests.pipeline_util import api_ready
@@ -26,14 +26,15 @@ async def test_rates_answers_are_shared_then_refreshed(
     sink = DbSink(engine)
     minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
 
-    seq = 0
+    await sink.claim([0])
+    state = {"offset": 0, "verdicts": 0}
 
     async def write(verdicts: int) -> None:
-        """The bucket's counts replaced (a write that resets partition 0 from that minute)."""
-        nonlocal seq
-        seq += 1
-        row = ((0, "SCAMS_AND_FRAUD", "V01", "DE", minute), [verdicts, 1] + [0] * 10)
-        await sink.write_book(BookWrite(seq, dict([row]), {0: minute}, 0))
+        """The bucket's verdicts brought to ``verdicts`` (a write of the difference)."""
+        state["offset"] += 1
+        row = [verdicts - state["verdicts"], 1 if state["offset"] == 1 else 0] + [0] * 10
+        state["verdicts"] = verdicts
+        await sink.write_book(BookWrite({0: ({("SCAMS_AND_FRAUD", "V01", "DE", minute): row}, state["offset"])}))
 
     await write(100)
     port = free_port()

@@ -7,7 +7,8 @@ from prometheus_client import CollectorRegistry
 from services.common.config import ScorerSettings
 from services.common.wire import decode_batch, encode_batch
 from services.scorer.app import ScorerMetrics
-from services.scorer.pipeline import RateBook, score_batch
+from services.scorer.book import RateBook
+from services.scorer.pipeline import score_batch
 from services.scorer.stage import DecisionStage
 from tests import factories
 from tests.unit.test_join import wire
@@ -22,14 +23,14 @@ def test_applying_waits_while_too_many_bucket_rows_are_unwritten() -> None:
     events = [wire("decision", factories.decision(f"d{i}", event_time=factories.ts(i * 60))) for i in range(12)]
     store: dict[bytes, bytes] = {}
 
-    def apply(batch: list[object]) -> None:
+    def apply(batch: list[object], through: int) -> None:
         writes, deltas = score_batch(decode_batch(encode_batch(batch)), store.get)  # type: ignore[arg-type]
         store.update(writes)
-        book.apply(0, deltas)
+        book.apply(0, deltas, through)
 
-    apply(events[:9])
+    apply(events[:9], 1)
     assert not stage._waiting_for_database()
-    apply(events[9:])  # 12 rows of 12 minutes: over the limit
+    apply(events[9:], 2)  # 12 rows of 12 minutes: over the limit
     assert stage._waiting_for_database() and stage.db_wait_since is not None
     write = book.take()
     assert write is not None
@@ -39,8 +40,3 @@ def test_applying_waits_while_too_many_bucket_rows_are_unwritten() -> None:
     assert stage.progress[0][0] == 5 and stage.progress[0][1] > 0.0  # the wait is not a stall
     waited = registry.get_sample_value("modq_scorer_database_wait_seconds_total")
     assert waited is not None and waited > 0
-    # A rebuild's rows are summed and written a chunk at a time, never held: they do not count.
-    book.rebuild([0], lambda _: iter([(0, raw) for raw in store.values()]))
-    assert book.pending_rows() == 0 and not stage._waiting_for_database()
-    rebuilt = book.take()
-    assert rebuilt is not None and rebuilt.rebuild is not None and not stage._waiting_for_database()
