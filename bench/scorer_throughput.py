@@ -64,6 +64,25 @@ def iso_ms(t_ms: int) -> str:
     return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def decision_event(i: int, t: int, label: str, vendor: str, market: str) -> tuple[dict[str, object], WireEvent]:
+    """Decision number ``i`` at event time ``t`` (epoch ms): its upstream JSON doc and wire form."""
+    did = f"d{i}"
+    doc: dict[str, object] = {
+        "schema_version": 1,
+        "event_id": f"e-{did}",
+        "event_time": iso_ms(t),
+        "decision_id": did,
+        "policy_label": label,
+        "vendor_id": vendor,
+        "market": market,
+        "action": "REMOVE",
+        "actor_type": "HUMAN",
+        "entity_type": "LISTING",
+        "entity_id": f"x{i}",
+    }
+    return doc, WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
+
+
 def make_events(
     n: int, seed: int = 1, keep_docs: bool = True, decisions_per_s: float = 200.0
 ) -> tuple[list[dict[str, object]], list[WireEvent]]:
@@ -81,20 +100,7 @@ def make_events(
         t = T0 + int(i * spacing_us) // 1000
         did = f"d{i}"
         label, vendor, market = rnd.choice(LABELS), rnd.choice(VENDORS), rnd.choice(MARKETS)
-        doc = {
-            "schema_version": 1,
-            "event_id": f"e-{did}",
-            "event_time": iso_ms(t),
-            "decision_id": did,
-            "policy_label": label,
-            "vendor_id": vendor,
-            "market": market,
-            "action": "REMOVE",
-            "actor_type": "HUMAN",
-            "entity_type": "LISTING",
-            "entity_id": f"x{i}",
-        }
-        wire: WireEvent = WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
+        doc, wire = decision_event(i, t, label, vendor, market)
         if keep_docs:
             docs.append(doc)
         wires.append(wire)

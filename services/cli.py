@@ -161,6 +161,7 @@ def _scorer(args: argparse.Namespace) -> int:
     from services.common.kafka import ensure_topics
     from services.common.logging import configure_logging, json_logging_config
     from services.scorer.app import Scorer, make_worker
+    from services.scorer.detection import monitors_changelog
     from services.scorer.stage import changelog_topic
 
     settings = ScorerSettings()
@@ -168,17 +169,17 @@ def _scorer(args: argparse.Namespace) -> int:
     if not _schema_ready(settings):
         return 2
 
-    # Declared up front with the configured partition count: Faust checks that every table's
-    # changelog has as many partitions as its source topic.
-    changelog = changelog_topic(settings)
+    # Declared up front with the configured partition count: each stage checks that its changelog
+    # has as many partitions as its source topic.
+    changelogs = (changelog_topic(settings), monitors_changelog(settings))
     asyncio.run(
         ensure_topics(
             settings,
             {
                 t: settings.partitions
-                for t in (settings.topic_events, settings.topic_outcomes, settings.topic_alerts, changelog)
+                for t in (settings.topic_events, settings.topic_outcomes, settings.topic_alerts, *changelogs)
             },
-            configs={changelog: {"cleanup.policy": "compact"}},
+            configs={c: {"cleanup.policy": "compact"} for c in changelogs},
         )
     )
     scorer = Scorer(settings)
@@ -190,8 +191,12 @@ def _scorer(args: argparse.Namespace) -> int:
         logging_config=json_logging_config(settings.log_level, settings.framework_log_level),
     )
     # What exists now (modules, Faust, SciPy) lives as long as the process: kept out of the
-    # collector's full passes, which otherwise rescan it while the state grows.
+    # collector's full passes, which otherwise rescan it while the state grows. The scorer makes
+    # and drops containers by the hundred thousand a second (rows of counts, decoded batches):
+    # with the default thresholds the collector ran thousands of times a second, a third of a
+    # backfill's time (docs/benchmarks.md, backfill).
     gc.freeze()
+    gc.set_threshold(200_000, 50, 100)
     worker.execute_from_commandline()
     return 0
 

@@ -37,14 +37,21 @@ class Stream:
         return out
 
 
-def make_stream(n_decisions: int, seed: int = 7) -> Stream:
-    """Decisions over two hours; a verdict for every third one (a few minutes later, sometimes
-    first); an appeal for every thirtieth. One pair drifts from 2% to 25% errors halfway; the
-    others stay at 2%. Every event is distinct; the truth counts each once in its own bucket."""
+Drift = tuple[tuple[str, str], float, float, float]
+"""(pair, from, to, error rate): the pair's rate between those fractions of the span."""
+
+
+def make_stream(
+    n_decisions: int, seed: int = 7, span_h: float = 2.0, drifts: tuple[Drift, ...] = ((DRIFT_PAIR, 0.5, 1.0, 0.25),)
+) -> Stream:
+    """Decisions over ``span_h`` hours; a verdict for every third one (a few minutes later,
+    sometimes first); an appeal for every thirtieth. By default one pair drifts from 2% to 25%
+    errors halfway; the others stay at 2%. Every event is distinct; the truth counts each once in
+    its own bucket."""
     rng = random.Random(seed)
     events: list[tuple[int, int, WireEvent]] = []  # (arrival time, tie-break, event)
     truth: dict[Key, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    span_ms = 2 * 3600 * 1000
+    span_ms = int(span_h * 3600 * 1000)
     for i in range(n_decisions):
         label, vendor, market = rng.choice(LABELS), rng.choice(VENDORS), rng.choice(MARKETS)
         did = f"d{i}"
@@ -52,8 +59,11 @@ def make_stream(n_decisions: int, seed: int = 7) -> Stream:
         events.append((t, 0, WireDecision(f"e-d{i}", did, t, label, vendor, market, "q", "m", 0)))
         truth[(label, vendor, bucket_start(t))][0] += 1
         if i % 3 == 0:
-            drifting = (label, vendor) == DRIFT_PAIR and i > n_decisions // 2
-            error = rng.random() < (0.25 if drifting else 0.02)
+            rate = 0.02
+            for pair, start, end, drift_rate in drifts:
+                if (label, vendor) == pair and start * n_decisions < i <= end * n_decisions:
+                    rate = drift_rate
+            error = rng.random() < rate
             tv = t + rng.randint(1, 240) * 1000
             code, etype = (1, WRONG_LABEL) if error else (0, 0)
             arrival = tv if i % 10 else t - 1  # one in ten verdicts arrives before its decision

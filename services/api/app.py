@@ -105,6 +105,7 @@ class AlertItem(BaseModel):
     verdicts: int
     errors: int
     summary: str
+    historical: bool = Field(False, description="raised while catching up on old history: recorded, not paged")
     links: dict[str, str]
 
 
@@ -232,6 +233,7 @@ EXPORT_COLUMNS = (
     "verdicts",
     "errors",
     "summary",
+    "historical",
 )
 
 

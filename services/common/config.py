@@ -194,6 +194,20 @@ class ScorerSettings(CommonSettings):
             " closed (their database rows stay)"
         ),
     )
+    alert_paging_horizon_s: float = Field(
+        3600.0,
+        ge=0,
+        description=(
+            "alert changes further behind the newest event on the input than this (event time) are"
+            " history: recorded, not paged (a backfill raises no pages for old drifts)"
+        ),
+    )
+    scorer_progress_interval_s: float = Field(
+        5.0, gt=0, description="how often the scorer reads its partitions' newest records and reports its progress"
+    )
+    catchup_threshold_s: float = Field(
+        300.0, gt=0, description="behind the newest event by more than this (event time): catching up, reported"
+    )
     scorer_instance_id: str = Field(
         "",
         description=(

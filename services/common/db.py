@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -83,6 +85,7 @@ alerts = Table(
     Column("statistic", Float, nullable=False),
     Column("threshold", Float, nullable=False),
     Column("summary", Text, nullable=False),
+    Column("historical", Boolean, nullable=False, server_default=false()),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_alerts_status_started", "status", "started_at"),
     Index("ix_alerts_pair", "policy_label", "vendor_id", "started_at"),

@@ -1,4 +1,7 @@
-"""Applies alert actions to the database: one history row per action, plus the alert's new state.
+"""The alert history in the database: alert changes and people's actions, each applied once.
+
+Alert changes (from quality.alerts) upsert the alert's row and add a ``fired`` or ``resolved``
+row; actions add one row each, plus the alert's new state.
 
 Idempotent: the history row is keyed by ``action_id`` and state updates only move forward
 (firing -> acknowledged -> resolved), so the API and a replay of the actions topic can both apply
@@ -9,11 +12,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import update
+from sqlalchemy import and_, case, not_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.actions import AlertAction
 from services.common.db import alert_history, alerts, insert_for, silences
+from services.scorer.alerts import AlertEvent
 
 
 def parse_ts(value: str | None) -> datetime | None:
@@ -73,3 +77,67 @@ async def apply_action(engine: AsyncEngine, action: AlertAction) -> bool:
                 )
             )
     return True
+
+
+async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
+    """Upsert the alert's row and add its ``fired`` or ``resolved`` history row (idempotent: a replay
+    changes nothing, a replayed firing never reopens a resolved alert)."""
+    row = {
+        "alert_id": event.alert_id,
+        "dedup_key": event.dedup_key,
+        "rule": event.rule,
+        "policy_label": event.policy_label,
+        "vendor_id": event.vendor_id,
+        "error_type": event.error_type,
+        "status": event.status,
+        "started_at": parse_ts(event.started_at),
+        "onset_at": parse_ts(event.onset_at),
+        "resolved_at": parse_ts(event.resolved_at),
+        "baseline_rate": event.baseline_rate,
+        "observed_rate": event.observed_rate,
+        "ci_low": event.ci_low,
+        "ci_high": event.ci_high,
+        "verdicts": event.verdicts,
+        "errors": event.errors,
+        "statistic": event.statistic,
+        "threshold": event.threshold,
+        "summary": event.summary,
+        "historical": event.historical,
+        "updated_at": datetime.now(tz=UTC),
+    }
+    stmt = insert_for(engine, alerts).values(row)
+    ex = stmt.excluded
+    # A replayed "firing" never reopens a resolved alert; an acknowledgement survives updates.
+    stale = and_(alerts.c.status == "resolved", ex.status != "resolved")
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["alert_id"],
+        set_={
+            **{k: ex[k] for k in row if k not in ("alert_id", "status", "started_at", "onset_at")},
+            "status": case(
+                (ex.status == "resolved", "resolved"),
+                (alerts.c.status == "acknowledged", "acknowledged"),
+                else_=ex.status,
+            ),
+        },
+        where=not_(stale),
+    )
+    fired = event.status != "resolved"
+    history = (
+        insert_for(engine, alert_history)
+        .values(
+            event_id=f"{event.alert_id}:{'fired' if fired else 'resolved'}",
+            alert_id=event.alert_id,
+            policy_label=event.policy_label,
+            vendor_id=event.vendor_id,
+            rule=event.rule,
+            action="fired" if fired else "resolved",
+            actor="modq-scorer",
+            at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
+            detail=event.summary,
+            recorded_at=datetime.now(tz=UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
+    async with engine.begin() as conn:
+        await conn.execute(stmt)
+        await conn.execute(history)

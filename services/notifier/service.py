@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.common.actions import decode_action
 from services.common.config import NotifierSettings
 from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
-from services.common.history import apply_action
+from services.common.history import apply_action, record_alert_change
 from services.common.kafka import ensure_topics, make_consumer
 from services.common.migrate import ensure_schema
 from services.common.unreadable import ConsumerHealth
@@ -56,7 +56,8 @@ class NotifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.deliveries = Counter(
             "modq_notifier_deliveries",
-            "Notices handled per receiver: sent, suppressed (silenced pair), rejected (permanent error), duplicate",
+            "Notices handled per receiver: sent, suppressed (silenced pair, or a follow-up of an alert not paged),"
+            " rejected (permanent error), duplicate, historical (raised while catching up on old history)",
             ["receiver", "outcome"],
             registry=registry,
         )
@@ -236,15 +237,22 @@ class Notifier:
                 await consumer.stop()
 
     async def _record_history(self, notice: Notice) -> None:
-        if notice.action is not None:
-            assert self.engine is not None
-            engine, action = self.engine, notice.action
+        """The history lane: every alert change and every person's action into the alert history."""
+        assert self.engine is not None
+        engine, action, alert = self.engine, notice.action, notice.alert
+        if action is not None:
             await self._db(lambda: apply_action(engine, action))
+        elif alert is not None:
+            await self._db(lambda: record_alert_change(engine, alert))
 
     def _deliver_to(self, name: str) -> Callable[[Notice], Awaitable[None]]:
         receiver = next(r for r in self.receivers if r.name == name)
 
         async def handle(notice: Notice) -> None:
+            if notice.alert is not None and notice.alert.historical:
+                # Raised while catching up on old history: it is in the alert history, nobody is paged.
+                self.metrics.deliveries.labels(name, "historical").inc()
+                return
             if notice.action is not None and notice.state in ("acknowledged", "resolved") and notice.alert_id:
                 # A person's action travels on another topic than the alert it acts on, so it can
                 # arrive first; receivers must hear of the alert before they hear it acknowledged.
@@ -333,7 +341,9 @@ class Notifier:
             async with self.engine.connect() as conn:
                 return (await conn.execute(stmt)).first() is not None
         if notice.state in ("acknowledged", "resolved") and notice.alert_id:
-            return await self._outcome(receiver, f"{notice.alert_id}:firing") == "suppressed"
+            # Follow-ups of an alert that was held back, or never paged (raised as history: the
+            # firing notice always comes first, from its topic or from the database), are held back.
+            return await self._outcome(receiver, f"{notice.alert_id}:firing") in ("suppressed", None)
         return False
 
     # -- Alertmanager re-sends ---------------------------------------------------------------

@@ -52,6 +52,8 @@ class AlertEvent(msgspec.Struct, kw_only=True):
     statistic: float
     threshold: float
     summary: str
+    historical: bool = False
+    """Raised while catching up on history older than the paging horizon: recorded, not paged."""
 
 
 def iso(t_ms: int) -> str:
@@ -132,6 +134,7 @@ class MonitorState(msgspec.Struct, array_like=True):
     total_n: int = 0
     detector: tuple[float, ...] = ()  # MixtureShiryaevRoberts.to_state(); empty: from cusum
     candidate_onsets_ms: tuple[int, ...] = ()  # per shift: when its onset CUSUM last left zero
+    announced: bool = True  # the firing alert went out as current (not history): see ``announce``
 
 
 @dataclass(slots=True)
@@ -236,8 +239,18 @@ class PairMonitor:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def update(self, hit: bool, t_ms: int) -> AlertEvent | None:
-        """Feed one judged verdict (hit: it is an error of this rule's kind)."""
+    def announce(self, t_ms: int) -> AlertEvent | None:
+        """A firing alert raised as history, announced again as current, once (the verdict at
+        ``t_ms`` is recent enough to page for)."""
+        st = self.state
+        if not st.firing or st.announced:
+            return None
+        st.announced = True
+        return self._event("firing", t_ms)
+
+    def update(self, hit: bool, t_ms: int, historical: bool = False) -> AlertEvent | None:
+        """Feed one judged verdict (hit: it is an error of this rule's kind; ``historical``: its
+        event time is older than the paging horizon)."""
         st, pol = self.state, self.policy
         if st.first_ms == 0:
             st.first_ms = t_ms
@@ -268,7 +281,7 @@ class PairMonitor:
             st.recovery = recovery.r
             if resolved:
                 st.firing = False
-                return self._event("resolved", t_ms)
+                return self._event("resolved", t_ms, historical=historical)
             return None
         if d.drift_detected:
             change = d.last_change
@@ -279,7 +292,8 @@ class PairMonitor:
             st.onset_ms = t_ms if change.verdicts == 1 else st.candidate_onsets_ms[change.component]
             st.since_onset_n, st.since_onset_errors = change.verdicts, change.errors
             st.recovery = 0.0
-            return self._event("firing", t_ms)
+            st.announced = not historical
+            return self._event("firing", t_ms, historical=historical)
         return None
 
     def rebaseline(self, rate: float | None, t_ms: int) -> AlertEvent | None:
@@ -298,7 +312,7 @@ class PairMonitor:
             return self._event("resolved", t_ms, note="re-baselined by an operator")
         return None
 
-    def _event(self, status: AlertStatus, t_ms: int, note: str = "") -> AlertEvent:
+    def _event(self, status: AlertStatus, t_ms: int, note: str = "", historical: bool = False) -> AlertEvent:
         st, d = self.state, self.detector
         assert d is not None
         n, e = st.since_onset_n, st.since_onset_errors
@@ -331,4 +345,5 @@ class PairMonitor:
             statistic=(d.last_change.statistic if d.last_change else d.h) if status == "firing" else st.recovery,
             threshold=d.h if status == "firing" else self.policy.resolve_threshold,
             summary=summary,
+            historical=historical,
         )

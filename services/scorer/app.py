@@ -1,13 +1,13 @@
-"""The scorer as a Faust app around the pure pipeline.
+"""The scorer as a Faust worker around two stages of its own, each a plain aiokafka consumer group.
 
-- stage 1 (``services.scorer.stage``, a plain aiokafka consumer group in the worker):
-  modq.events (batches, co-partitioned by decision_id) -> decision state and rate book, outcomes
-  grouped by (policy_label, vendor_id) to modq.pair-outcomes.
-- agent ``detect``: modq.pair-outcomes -> monitor table, alert state changes to quality.alerts.
-- agent ``record_alerts``: quality.alerts -> alert history in the database (idempotent upserts).
-Rate buckets reach the database from a timer that adds the changes since the last flush, each
+- stage 1 (``services.scorer.stage``): modq.events (batches, co-partitioned by decision_id) ->
+  decision state and rate book, outcomes grouped by (policy_label, vendor_id) to modq.pair-outcomes.
+- stage 2 (``services.scorer.detection``): modq.pair-outcomes -> the pairs' monitors, alert state
+  changes to quality.alerts (the notifier writes them to the alert history).
+Rate buckets reach the database from a loop that adds the changes since the last write, each
 partition's applied once by the events offset they go up to (``services.scorer.book``,
-``DbSink.write_book``). All state lives in changelogs, so it survives restarts.
+``DbSink.write_book``). Faust runs the worker, its web pages and the timers. All state lives in
+changelogs, so it survives restarts.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections import Counter as Tally
 from typing import Any
 
 import faust
-import msgspec
 from aiokafka import TopicPartition
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,13 +30,16 @@ from services.common.config import ScorerSettings
 from services.common.db import make_engine
 from services.common.unreadable import ConsumerHealth
 from services.common.wire import ERROR_TYPES
-from services.scorer.alerts import AlertEvent
+from services.scorer.alerts import AlertEvent, iso
 from services.scorer.book import RateBook
-from services.scorer.pipeline import Detection, detect
+from services.scorer.catchup import CatchUp, CatchUpReport
+from services.scorer.detection import DetectionStage
+from services.scorer.pipeline import Detection
 from services.scorer.sink import DbSink
 from services.scorer.stage import DecisionStage
 
 log = logging.getLogger("modq.scorer")
+CATCHUP_LOG_S = 10.0
 
 
 class ScorerMetrics:
@@ -93,6 +95,26 @@ class ScorerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.event_time = Gauge(
+            "modq_scorer_event_time_seconds",
+            "Event time reached: of the slowest partition with records still to read (else the newest applied)",
+            registry=registry,
+        )
+        self.head_event_time = Gauge(
+            "modq_scorer_head_event_time_seconds",
+            "Event time of the newest record on this worker's partitions of the events topic",
+            registry=registry,
+        )
+        self.remaining_events = Gauge(
+            "modq_scorer_catchup_remaining_events",
+            "Events on this worker's partitions not yet processed (estimated from records)",
+            registry=registry,
+        )
+        self.catchup_eta = Gauge(
+            "modq_scorer_catchup_eta_seconds",
+            "Estimated time until the remaining events are processed, at the rate of the last 30 s",
+            registry=registry,
+        )
         self.lag = Histogram(
             "modq_scorer_processing_lag_seconds",
             "Event time to processing time of the newest event in each batch",
@@ -123,10 +145,14 @@ class Scorer:
             book_lock=self.book_lock,
         )
         self.stalled: list[int] = []
-        self.ready = False
         self.policy = s.monitor_policy()
+        self.horizon_ms = int(s.alert_paging_horizon_s * 1000)
+        self.catchup = CatchUp(behind_threshold_s=s.catchup_threshold_s)
+        self.catchup_report: CatchUpReport | None = None
+        self._catchup_logged = 0.0
+        self.events_done = 0
         self.label_budget, self.vendor_budget = s.metric_budgets()
-        self.app = app = faust.App(
+        self.app = faust.App(
             s.scorer_app_id,
             broker=[f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(",")],
             store=s.scorer_store,
@@ -147,13 +173,9 @@ class Scorer:
             consumer_group_instance_id=s.scorer_instance_id or None,
             broker_credentials=faust_credentials(s),
         )
-        self.outcomes_topic = app.topic(
-            s.topic_outcomes, value_serializer="raw", key_serializer="raw", partitions=s.partitions
+        self.detection = DetectionStage(
+            s, self.policy, self.horizon_ms, observe=self._observe, on_change=self._on_change, health=self.health
         )
-        self.alerts_topic = app.topic(
-            s.topic_alerts, value_serializer="raw", key_serializer="raw", partitions=s.partitions
-        )
-        self.monitors = _raw_table(app, "monitors", s.partitions)
         self._wire()
 
     # -- metrics --------------------------------------------------------------------------
@@ -168,8 +190,21 @@ class Scorer:
                 m.statistic.labels(label, vendor, rule).set(statistic)
                 m.monitor_firing.labels(label, vendor, rule).set(1 if firing else 0)
 
+    def _on_change(self, change: AlertEvent) -> None:
+        self.metrics.alert_changes.labels(change.status).inc()
+        log.warning(
+            "alert " + change.status,
+            extra={
+                "alert_id": change.alert_id,
+                "dedup_key": change.dedup_key,
+                "historical": change.historical,
+                "summary": change.summary,
+            },
+        )
+
     def _on_batch(self, records: int, events: int, outcomes: int, newest_ms: int) -> None:
         m = self.metrics
+        self.events_done += events
         m.batches.inc(records)
         m.events.inc(events)
         m.outcomes.inc(outcomes)
@@ -195,38 +230,16 @@ class Scorer:
     # -- agents ---------------------------------------------------------------------------
 
     def _wire(self) -> None:
-        app, s, m = self.app, self.settings, self.metrics
+        app, s = self.app, self.settings
 
-        @app.agent(self.outcomes_topic, name="detect")
-        async def run_detectors(stream: faust.StreamT[bytes]) -> None:
-            async for event in stream.events():
-                found = detect(event.key, event.value, self.monitors.get, self.policy)
-                self._observe(found)
-                sent = []
-                for change in found.changes:
-                    m.alert_changes.labels(change.status).inc()
-                    log.warning(
-                        "alert " + change.status,
-                        extra={"alert_id": change.alert_id, "dedup_key": change.dedup_key, "summary": change.summary},
-                    )
-                    sent.append(
-                        await self.alerts_topic.send(key=change.dedup_key.encode(), value=_encode_alert(change))
-                    )
-                # Alerts are durable before the state that says they were raised (and which
-                # source offsets were applied), and that state before the offset is committed.
-                await asyncio.gather(*sent)
-                await (await self._put(self.monitors, event.key, found.state, event.message.partition))
-
-        @app.agent(self.alerts_topic, name="record_alerts")
-        async def record_alerts(stream: faust.StreamT[bytes]) -> None:
-            async for payload in stream:
-                change = _decode_alert(payload)
-                await self._sink_ready.wait()  # alerts can come in before on_start has run
-                await self._retry_db(lambda change=change: self._sink().upsert_alert(change))
-
-        @app.timer(interval=s.flush_interval_s)
+        @app.task
         async def flush_buckets() -> None:
-            await self.flush()
+            """Write the book every ``flush_interval_s``, or right after the last write when that took
+            longer (a backfill's writes do)."""
+            while True:
+                started = time.monotonic()
+                await self.flush()
+                await asyncio.sleep(max(0.0, s.flush_interval_s - (time.monotonic() - started)))
 
         @app.task
         async def on_start() -> None:
@@ -237,13 +250,11 @@ class Scorer:
         @app.on_before_shutdown.connect
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
             await self.stage.stop()
+            await self.detection.stop()
 
-        @app.on_rebalance_complete.connect
-        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
-            self.ready = True
-
-        @app.timer(interval=5.0)
+        @app.timer(interval=s.scorer_progress_interval_s)
         async def watch_progress() -> None:
+            self.report_progress()
             await self.check_progress()
 
         scorer = self
@@ -279,9 +290,29 @@ class Scorer:
             async def get(self, request: Request) -> Response:
                 if not scorer.health.ok:  # a partition waits at a batch that cannot be read
                     return self.json({"status": "partitions stuck", "stuck": scorer.health.report()}, status=503)
-                if scorer.ready and scorer.stage.serving:
-                    return self.json({"status": "ready"})
-                return self.json({"status": "recovering"}, status=503)
+                progress = scorer.catchup_report.describe() if scorer.catchup_report else None
+                if scorer.stage.serving and scorer.detection.ready:
+                    return self.json({"status": "ready", "progress": progress})
+                return self.json({"status": "recovering", "progress": progress}, status=503)
+
+    def report_progress(self) -> CatchUpReport:
+        """How far behind its input this worker is: metrics always, /readyz, and a log line every
+        ``CATCHUP_LOG_S`` while catching up (and one when caught up)."""
+        was = self.catchup_report
+        report = self.catchup.observe(time.monotonic(), self.events_done, self.stage.lanes())
+        self.catchup_report = report
+        m = self.metrics
+        m.event_time.set(report.event_time_ms / 1000)
+        m.head_event_time.set(report.head_ms / 1000)
+        m.remaining_events.set(report.remaining_events)
+        m.catchup_eta.set(report.eta_s if report.eta_s is not None else float("nan"))
+        now = time.monotonic()
+        if report.catching_up and now - self._catchup_logged >= CATCHUP_LOG_S:
+            self._catchup_logged = now
+            log.info("catching up", extra=_progress_fields(report))
+        elif was is not None and was.catching_up and not report.catching_up:
+            log.info("caught up", extra=_progress_fields(report))
+        return report
 
     async def check_progress(self) -> None:
         """Liveness: a partition with records waiting and no progress for too long is a stall.
@@ -320,38 +351,12 @@ class Scorer:
             if self.settings.scorer_exit_on_stall:
                 os._exit(70)  # a hung Faust shutdown must not keep a stalled worker alive
 
-    async def _put(self, table: Any, key: bytes, value: bytes, partition: int) -> asyncio.Future[Any]:
-        """Write a table entry and return the future of its changelog record.
-
-        Faust's own path (``table[key] = value``) queues the changelog record in a buffer that its
-        pre-commit flush does not reliably drain (it gives up after 0.1 s, and a record taken off
-        the queue is not yet in the client), so a crash could commit an offset whose state was
-        never written. Sending the changelog record ourselves, to the partition Faust recovers it
-        from, and awaiting it before the event is acknowledged makes every committed offset's
-        state durable.
-        """
-        table.data[key] = value
-        fut: asyncio.Future[Any] = await table.changelog_topic.send(key=key, value=value, partition=partition)
-        return fut
-
     # -- database -------------------------------------------------------------------------
 
     def _sink(self) -> DbSink:
         if self.sink is None:
             raise RuntimeError("database not initialised yet")
         return self.sink
-
-    async def _retry_db(self, write: Any) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await write()
-                return
-            except Exception:
-                self.metrics.flush_failures.inc()
-                log.exception("database write failed; retrying", extra={"retry_in_s": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def claim(self, partitions: list[int]) -> dict[int, int]:
         """Claim partitions for this process's writes (retried while the database is away);
@@ -387,14 +392,15 @@ class Scorer:
         return written
 
 
-def _raw_table(app: faust.App, name: str, partitions: int) -> Any:
-    """A table of bytes keys and values: our own codecs (msgpack) run inside the pure pipeline."""
-    table = app.Table(name, key_type=bytes, value_type=bytes, partitions=partitions)
-    # Faust derives serializers from model types only; the changelog and store are created
-    # lazily from these attributes, so setting them here makes both raw.
-    table.key_serializer = "raw"
-    table.value_serializer = "raw"
-    return table
+def _progress_fields(report: CatchUpReport) -> dict[str, object]:
+    return {
+        "event_time": iso(report.event_time_ms) if report.event_time_ms else None,
+        "head_event_time": iso(report.head_ms) if report.head_ms else None,
+        "behind_s": round(report.behind_s),
+        "events_per_s": round(report.events_per_s),
+        "remaining_events": report.remaining_events,
+        "eta_s": None if report.eta_s is None else round(report.eta_s),
+    }
 
 
 def faust_credentials(s: ScorerSettings) -> Any:
@@ -417,14 +423,6 @@ def faust_credentials(s: ScorerSettings) -> Any:
     return faust.SSLCredentials(context)
 
 
-def _encode_alert(change: AlertEvent) -> bytes:
-    return msgspec.json.encode(change)
-
-
-def _decode_alert(payload: bytes) -> AlertEvent:
-    return msgspec.json.decode(payload, type=AlertEvent)
-
-
 def make_worker(scorer: Scorer, **options: Any) -> faust.Worker:
     """The Faust worker of a scorer; the events stage starts with it, before Faust's own consumer
     has joined its group, so the two group joins (each a wait on the broker) overlap."""
@@ -433,5 +431,6 @@ def make_worker(scorer: Scorer, **options: Any) -> faust.Worker:
         async def on_first_start(self) -> None:
             await super().on_first_start()
             await scorer.stage.start()
+            await scorer.detection.start()
 
     return ScorerWorker(scorer.app, **options)

@@ -33,7 +33,7 @@ BOOK_KEY_PREFIX: Final = b"\x00modq:book:"
 """Changelog key of a book record: this prefix and the big-endian offset the round goes up to."""
 
 _rows_encoder = msgspec.msgpack.Encoder()
-_rows_decoder = msgspec.msgpack.Decoder(list[list[str | int | float]])
+_rows_decoder = msgspec.msgpack.Decoder(list[tuple[tuple[str, str, str, int], list[int | float]]])
 
 
 def book_key(through: int) -> bytes:
@@ -48,15 +48,12 @@ def book_offset(key: bytes) -> int | None:
 
 
 def encode_rows(rows: Mapping[BucketKey, Counts]) -> bytes:
-    return _rows_encoder.encode([[*key, *counts] for key, counts in rows.items()])
+    """A book record's value: the rows as msgpack pairs of (key, counts)."""
+    return _rows_encoder.encode(list(rows.items()))
 
 
 def decode_rows(raw: bytes) -> dict[BucketKey, Counts]:
-    out: dict[BucketKey, Counts] = {}
-    for item in _rows_decoder.decode(raw):
-        label, vendor, market, start = item[:4]
-        out[(str(label), str(vendor), str(market), int(start))] = list(item[4:])  # type: ignore[arg-type]
-    return out
+    return dict(_rows_decoder.decode(raw))
 
 
 def round_rows(deltas: Deltas) -> dict[BucketKey, Counts]:

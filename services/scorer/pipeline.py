@@ -13,6 +13,7 @@ import msgspec
 
 from services.common.wire import WireDecision, WireEvent
 from services.scorer.alerts import RULES, AlertEvent, MonitorPolicy, MonitorState, PairMonitor, rule_hit
+from services.scorer.catchup import historical
 from services.scorer.join import (
     DecisionState,
     Deltas,
@@ -72,9 +73,10 @@ class OutcomeBatch(msgspec.Struct, tag="outcomes"):
     """
 
     items: list[tuple[int, int, int, bool, int]]
+    head_ms: int = 0  # the event time of the newest event the sending worker knows on its input
 
 
-def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[Outcome]]]) -> dict[bytes, bytes]:
+def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[Outcome]]], head_ms: int = 0) -> dict[bytes, bytes]:
     """Detector outcomes grouped by pair: key msgpack((label, vendor)), value an OutcomeBatch.
 
     ``chunks`` are (source partition, source offset, outcomes of the record there), in the order
@@ -86,7 +88,7 @@ def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[Outcome]]]) -> dict
             grouped.setdefault((o.policy_label, o.vendor_id), []).append(
                 (partition, offset, o.t_ms, o.is_error, o.error_type)
             )
-    return {pair_key(*pair): _msgpack.encode(OutcomeBatch(items)) for pair, items in grouped.items()}
+    return {pair_key(*pair): _msgpack.encode(OutcomeBatch(items, head_ms)) for pair, items in grouped.items()}
 
 
 class Rebaseline(msgspec.Struct, tag="rebaseline"):
@@ -127,8 +129,15 @@ class Detection:
     statistics: dict[str, tuple[float, bool]]  # rule -> (detector statistic, firing)
 
 
-def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -> Detection:
-    """Run one pair's monitors over a group of outcomes (or a control record)."""
+def detect(
+    pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy, horizon_ms: int = 3_600_000
+) -> Detection:
+    """Run one pair's monitors over a group of outcomes (or a control record).
+
+    An alert change further behind the newest event on the input than ``horizon_ms`` (event time)
+    is ``historical``: recorded, never paged (a backfill of old history raises no page). An alert
+    that fired as history and is still firing when the input's newest events reach it is
+    announced again then, as current (``PairMonitor.announce``)."""
     label, vendor = _pair_key_decoder.decode(pair_key)
     raw = load(pair_key)
     stored = _pair_state_decoder.decode(raw) if raw is not None else PairState({})
@@ -149,9 +158,13 @@ def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -
             if offset > before.get(partition, -1):
                 applied[partition] = offset
                 outcomes.append((t_ms, e, code))
+        head = message.head_ms
         for t_ms, is_error, error_type in outcomes:
+            old = historical(t_ms, head, horizon_ms)
             for rule, monitor in monitors.items():
-                if (change := monitor.update(rule_hit(rule, is_error, error_type), t_ms)) is not None:
+                if not old and (news := monitor.announce(t_ms)) is not None:
+                    events.append(news)
+                if (change := monitor.update(rule_hit(rule, is_error, error_type), t_ms, historical=old)) is not None:
                     events.append(change)
     snapshots = {rule: m.snapshot() for rule, m in monitors.items()}
     return Detection(
@@ -166,3 +179,16 @@ def detect(pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy) -
 
 def decode_pair_key(raw: bytes) -> tuple[str, str]:
     return _pair_key_decoder.decode(raw)
+
+
+_alert_encoder = msgspec.json.Encoder()
+_alert_decoder = msgspec.json.Decoder(AlertEvent)
+
+
+def encode_alert(change: AlertEvent) -> bytes:
+    """An alert change as published on quality.alerts (schemas/alert.v1.json)."""
+    return _alert_encoder.encode(change)
+
+
+def decode_alert(payload: bytes) -> AlertEvent:
+    return _alert_decoder.decode(payload)

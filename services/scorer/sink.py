@@ -1,4 +1,4 @@
-"""Scorer results to the database: book writes applied once each (by offset), alerts as idempotent upserts."""
+"""Scorer results to the database: rate-book writes, each partition's applied once by offset."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import and_, case, not_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alert_history, alerts, bucket_owners, insert_for, rate_buckets
-from services.common.history import parse_ts
-from services.scorer.alerts import AlertEvent
+from services.common.db import bucket_owners, insert_for, rate_buckets
 from services.scorer.book import BookWrite
-from services.scorer.rates import COUNT_FIELDS, BucketKey, Counts, add_into
+from services.scorer.rates import COUNT_FIELDS, BucketKey, Counts
 
 UPSERT_CHUNK_ROWS = 5_000
-_KINDS = tuple("weighted" if f.startswith("weighted") else "count" for f in COUNT_FIELDS)
 
 log = logging.getLogger("modq.scorer.sink")
 
@@ -92,16 +89,16 @@ def _sort_out(
             for key, counts in part_rows.items():
                 row = rows.get(key)
                 if row is None:
-                    rows[key] = list(counts)
+                    rows[key] = counts  # shared with the write, which is never changed: copied on a sum
                 else:
-                    add_into(row, counts)
+                    rows[key] = [a + b for a, b in zip(row, counts, strict=True)]
     if lost:
         log.warning("changes of partitions another scorer writes now dropped", extra={"partitions": sorted(lost)})
     return WriteResult(frozenset(applied), frozenset(already), frozenset(lost)), rows, through
 
 
 class DbSink:
-    """Writes rate buckets and alert states; every write can be repeated without changing the result."""
+    """Writes rate buckets; every write can be repeated without changing the result."""
 
     def __init__(self, engine: AsyncEngine, writer_id: str | None = None) -> None:
         self.engine = engine
@@ -205,7 +202,7 @@ class DbSink:
                                 vendor,
                                 market,
                                 starts.get(start_ms) or starts.setdefault(start_ms, _ts(start_ms)),
-                                *(int(c) if f != "weighted" else c for f, c in zip(_KINDS, counts, strict=True)),
+                                *counts,  # ints, but the weighted sums (asyncpg takes an int for a float)
                                 now,
                             )
                             for (label, vendor, market, start_ms), counts in rows.items()
@@ -215,63 +212,3 @@ class DbSink:
                 if through:
                     await pg.execute(PG_SET_APPLIED, list(through), list(through.values()), now)
         return result
-
-    async def upsert_alert(self, event: AlertEvent) -> None:
-        row = {
-            "alert_id": event.alert_id,
-            "dedup_key": event.dedup_key,
-            "rule": event.rule,
-            "policy_label": event.policy_label,
-            "vendor_id": event.vendor_id,
-            "error_type": event.error_type,
-            "status": event.status,
-            "started_at": parse_ts(event.started_at),
-            "onset_at": parse_ts(event.onset_at),
-            "resolved_at": parse_ts(event.resolved_at),
-            "baseline_rate": event.baseline_rate,
-            "observed_rate": event.observed_rate,
-            "ci_low": event.ci_low,
-            "ci_high": event.ci_high,
-            "verdicts": event.verdicts,
-            "errors": event.errors,
-            "statistic": event.statistic,
-            "threshold": event.threshold,
-            "summary": event.summary,
-            "updated_at": datetime.now(tz=UTC),
-        }
-        stmt = insert_for(self.engine, alerts).values(row)
-        ex = stmt.excluded
-        # A replayed "firing" never reopens a resolved alert; an acknowledgement survives updates.
-        stale = and_(alerts.c.status == "resolved", ex.status != "resolved")
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["alert_id"],
-            set_={
-                **{k: ex[k] for k in row if k not in ("alert_id", "status", "started_at", "onset_at")},
-                "status": case(
-                    (ex.status == "resolved", "resolved"),
-                    (alerts.c.status == "acknowledged", "acknowledged"),
-                    else_=ex.status,
-                ),
-            },
-            where=not_(stale),
-        )
-        fired = event.status != "resolved"
-        history = (
-            insert_for(self.engine, alert_history)
-            .values(
-                event_id=f"{event.alert_id}:{'fired' if fired else 'resolved'}",
-                alert_id=event.alert_id,
-                policy_label=event.policy_label,
-                vendor_id=event.vendor_id,
-                rule=event.rule,
-                action="fired" if fired else "resolved",
-                actor="modq-scorer",
-                at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
-                detail=event.summary,
-                recorded_at=datetime.now(tz=UTC),
-            )
-            .on_conflict_do_nothing(index_elements=["event_id"])
-        )
-        async with self.engine.begin() as conn:
-            await conn.execute(stmt)
-            await conn.execute(history)

@@ -29,6 +29,7 @@ over the order of writes, commits and recovery that Faust's agent and table mach
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import os
@@ -47,10 +48,11 @@ from services.common.kafka import BrokerWatch, make_consumer, make_producer
 from services.common.unreadable import ConsumerHealth, GuardedConsumer
 from services.common.wire import WireEvent, decode_batch
 from services.scorer.book import PartitionBook, RateBook, book_key, book_offset, decode_rows, encode_rows
+from services.scorer.catchup import Lane
 from services.scorer.join import Deltas, Outcome, expired, touched_ms
 from services.scorer.pipeline import group_outcomes, score_batch
 from services.scorer.rates import BucketKey, Counts
-from services.scorer.states import MemoryStates, PartitionStates, RocksStates
+from services.scorer.states import PartitionStates, open_states
 
 log = logging.getLogger("modq.scorer.stage")
 
@@ -102,6 +104,11 @@ class DecisionStage:
         # last sweep (see ``_expire``).
         self.watermark: dict[int, int] = {}
         self._swept: dict[int, int] = {}
+        # Per partition: event time of the newest record on the broker, and its end offset
+        # (``_watch_heads``): how far behind this worker is, for ``lanes`` and the alerts' horizon.
+        self.heads: dict[int, int] = {}
+        self._ends: dict[int, int] = {}
+        self._head_reader: AIOKafkaConsumer | None = None
         self.retention_ms = int(settings.scorer_state_retention_s * 1000)
         # RocksDB stores under a directory of this process: two workers sharing a data directory
         # never open (or wipe) each other's store for a partition moving between them.
@@ -156,6 +163,7 @@ class DecisionStage:
         self._tasks = [
             asyncio.create_task(self._run(), name="modq-decision-stage"),
             asyncio.create_task(self.broker.run(), name="modq-scorer-broker-watch"),
+            asyncio.create_task(self._watch_heads(), name="modq-scorer-head-watch"),
         ]
 
     async def stop(self) -> None:
@@ -221,6 +229,65 @@ class DecisionStage:
         """With nothing to apply, a round can still be due: to expire state, or to tombstone book
         records the database has now."""
         return any(self.book.tombstones.get(p) or self._sweep_cutoff(p) is not None for p in self.owned)
+
+    def head_ms(self) -> int:
+        """The event time of the newest event on the input this worker knows of (0: not known yet)."""
+        owned = self.owned
+        return max((max(self.heads.get(p, 0), self.watermark.get(p, 0)) for p in owned), default=0)
+
+    def lanes(self) -> dict[int, Lane]:
+        """Per owned partition, how far it is and how much is left (see ``CatchUp``)."""
+        out = {}
+        for p in self.owned:
+            applied = self.watermark.get(p, 0)
+            done = self.progress.get(p, (-1, 0.0))[0]
+            end = self._ends.get(p)
+            left = max(0, end - done) if end is not None and done >= 0 else 0
+            out[p] = Lane(applied, max(applied, self.heads.get(p, 0)), int(left * self._events_per_record))
+        return out
+
+    async def _watch_heads(self) -> None:
+        """Every ``scorer_progress_interval_s``: ``refresh_heads``."""
+        while not self._stopping.is_set():
+            await self.refresh_heads()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.scorer_progress_interval_s)
+        if self._head_reader is not None:
+            await self._head_reader.stop()
+
+    async def refresh_heads(self) -> None:
+        """The event time of each owned partition's newest record, read off the broker (its last
+        record batch), and the partition's end offset. Best effort: the main loop reports the
+        broker's health."""
+        try:
+            if self._head_reader is None:
+                reader = make_consumer(self.settings, max_partition_fetch_bytes=4_194_304)
+                await reader.start()
+                self._head_reader = reader
+            await self._read_heads(self._head_reader)
+        except Exception as exc:
+            log.debug("reading the newest records failed", extra={"error": repr(exc)})
+
+    async def _read_heads(self, reader: AIOKafkaConsumer) -> None:
+        tps = [TopicPartition(self.topic, p) for p in sorted(self.owned)]
+        if not tps:
+            return
+        reader.assign(tps)
+        ends: dict[TopicPartition, int] = await reader.end_offsets(tps)
+        self._ends = {tp.partition: end for tp, end in ends.items()}
+        wanted = [tp for tp in tps if ends[tp] > 0]
+        for tp in wanted:
+            reader.seek(tp, ends[tp] - 1)
+        if not wanted:
+            return
+        got = await reader.getmany(*wanted, timeout_ms=2_000)
+        for tp, messages in got.items():
+            newest = 0
+            for m in messages:
+                with contextlib.suppress(Exception):  # an undecodable batch is reported by the main consumer
+                    newest = max([newest, *(ev.t_ms for ev in decode_batch(m.value or b""))])
+            if newest:
+                self.heads[tp.partition] = max(newest, self.heads.get(tp.partition, 0))
 
     def _waiting_for_database(self) -> bool:
         """True while the rate book holds more unwritten rows than allowed: applying waits (the
@@ -390,7 +457,7 @@ class DecisionStage:
             self._expire(p, changes)
             changes.update(dict.fromkeys(self.book.take_tombstones(p)))
         written = {p: writes for p, writes in written.items() if writes}
-        outcomes = group_outcomes(chunks)
+        outcomes = group_outcomes(chunks, head_ms=self.head_ms())
         if self.on_batch is not None and ready:
             self.on_batch(len(ready), events, sum(len(fed) for *_, fed in chunks), newest_ms)
         previous = self._rounds[-1][0] if self._rounds else None
@@ -528,11 +595,14 @@ class DecisionStage:
                 self._drop_states(p)
                 self.changelog_end.pop(p, None)
                 self._swept.pop(p, None)
+                self.heads.pop(p, None)
+                self.watermark.pop(p, None)
             async with self.book_lock:
                 self.book.drop(leaving)
             started = time.monotonic()
             records = await self._recover_forever(parts)
             self.owned = parts
+            await self.refresh_heads()  # before any record: what is history is known from the first alert on
             now = time.monotonic()
             self.progress = {p: (-1, now) for p in parts}
             self.ready = True
@@ -643,6 +713,8 @@ class DecisionStage:
                         else:
                             changes[key] = m.value
                     self.states[p].write(changes)
+                    newest = max((touched_ms(v) for v in changes.values() if v is not None), default=0)
+                    self.watermark[p] = max(newest, self.watermark.get(p, 0))
                     read[p] += len(messages)
                 for tp in list(todo):
                     position = await reader.position(tp)
@@ -685,11 +757,7 @@ class DecisionStage:
         """The partition's state store, opened (empty) if there is none yet."""
         states = self.states.get(p)
         if states is None:
-            if self.settings.scorer_store.startswith("rocksdb"):
-                states = RocksStates(self._rocks_dir / f"p{p}")
-            else:
-                states = MemoryStates()
-            self.states[p] = states
+            states = self.states[p] = open_states(self.settings.scorer_store, self._rocks_dir, p)
         return states
 
     def _drop_states(self, p: int) -> None:

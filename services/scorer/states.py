@@ -127,3 +127,11 @@ class RocksStates:
     def close(self) -> None:
         self._db.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def open_states(store: str, directory: Path, partition: int) -> PartitionStates:
+    """A fresh, empty store for one partition: ``store`` is the ``MODQ_SCORER_STORE`` setting
+    (``memory://`` or ``rocksdb://``), ``directory`` where RocksDB stores live."""
+    if store.startswith("rocksdb"):
+        return RocksStates(directory / f"p{partition}")
+    return MemoryStates()

@@ -115,6 +115,11 @@ def test_autoscaling_on_lag_cools_down_slowly(docs: list[dict[str, Any]]) -> Non
     for so in scaled.values():
         assert so["spec"]["cooldownPeriod"] >= 600
         assert so["spec"]["triggers"][0]["type"] == "kafka"
+    # The scorer scales on the lag of its events stage's own group (not the app id's).
+    from services.common.config import ScorerSettings
+
+    watched = scaled["modq-scorer"]["spec"]["triggers"][0]["metadata"]
+    assert (watched["consumerGroup"], watched["topic"]) == (f"{ScorerSettings().scorer_app_id}-events", "modq.events")
 
 
 def test_dockerfile_is_multi_stage_pinned_and_non_root() -> None:

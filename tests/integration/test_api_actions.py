@@ -16,6 +16,7 @@ import pytest
 
 from services.common.auth import create_key
 from services.common.db import make_engine
+from services.common.history import record_alert_change
 from services.common.migrate import ensure_schema
 from services.scorer.book import BookWrite
 from services.scorer.sink import DbSink
@@ -34,7 +35,7 @@ async def test_actions_are_authorised_recorded_published_and_exported(
     await ensure_schema(engine, auto_migrate=True)
     sink = DbSink(engine)
     for i in range(7):  # seven alerts: pages of three
-        await sink.upsert_alert(alert_event(f"a-{i}", "firing", vendor=f"V{i:02d}"))
+        await record_alert_change(engine, alert_event(f"a-{i}", "firing", vendor=f"V{i:02d}"))
     # Buckets of the last hour for three pairs; with MODQ_METRIC_VENDORS=V01 the other two pool as "other".
     minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
     counts = {"V01": (200, 10), "V02": (100, 20), "V03": (100, 0)}

@@ -14,8 +14,8 @@ import pytest
 
 from services.common.auth import create_key
 from services.common.db import make_engine
+from services.common.history import record_alert_change
 from services.common.migrate import ensure_schema
-from services.scorer.sink import DbSink
 from tests.conftest import Service, eventually, free_port
 from tests.factories import alert_event
 from tests.pipeline_util import api_ready
@@ -31,7 +31,7 @@ async def test_api_conforms_to_its_openapi_document(
     engine = make_engine(database_url)
     await ensure_schema(engine, auto_migrate=True)
     for i in range(3):
-        await DbSink(engine).upsert_alert(alert_event(f"a-{i}", "firing", vendor=f"V0{i}"))
+        await record_alert_change(engine, alert_event(f"a-{i}", "firing", vendor=f"V0{i}"))
     _, key = await create_key(engine, "schemathesis", "operator")
     await engine.dispose()
     port = free_port()

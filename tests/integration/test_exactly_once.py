@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Service, eventually
+from tests.conftest import Service, eventually, free_port
 from tests.scorerutil import assert_one_alert_for_the_drifting_pair, exact, put_on_events_topic, scorer_metric
 from tests.streams import make_stream, redelivered_and_shuffled
 
@@ -51,6 +51,7 @@ async def test_scorer_stopped_mid_stream_counts_exactly(
     assert len(stream.events) >= EVENTS * 0.99
     await put_on_events_topic(env, stream)
     scorer = spawn(["scorer"], env, "scorer-1")
+    spawn(["notifier", "--port", str(free_port())], env, "notifier")  # it writes the alert history
     port = env["MODQ_SCORER_WEB_PORT"]
 
     async def partly_done() -> bool:
@@ -74,5 +75,6 @@ async def test_every_event_twice_and_shuffled_counts_exactly(
     stream = redelivered_and_shuffled(make_stream(DECISIONS), window=6000)
     await put_on_events_topic(env, stream)
     spawn(["scorer"], env, "scorer")
+    spawn(["notifier", "--port", str(free_port())], env, "notifier")
     await eventually(lambda: exact(database_url, stream.truth), 180, interval=1.0)
     await assert_one_alert_for_the_drifting_pair(database_url)

@@ -16,9 +16,9 @@ import pytest
 
 from services.common.actions import AlertAction, encode_action, new_action
 from services.common.db import make_engine
+from services.common.history import record_alert_change
 from services.common.migrate import ensure_schema
 from services.scorer.alerts import AlertEvent
-from services.scorer.sink import DbSink
 from tests.conftest import Service, eventually, free_port
 from tests.factories import alert_event
 from tests.kafkautil import produce
@@ -114,7 +114,7 @@ async def test_receivers_down_then_up_and_a_crash_lose_nothing_and_repeat_nothin
     engine = make_engine(database_url)  # the scorer records its alerts before people can act on them
     await ensure_schema(engine, auto_migrate=True)
     for event in (alert_event("a-1", "firing"), alert_event("b-1", "firing", vendor="V02")):
-        await DbSink(engine).upsert_alert(event)
+        await record_alert_change(engine, event)
     await engine.dispose()
     try:
         notifier = spawn(["notifier"], env, "notifier")

@@ -60,6 +60,7 @@ async def test_postgres_down_for_30_seconds(
     api_port = free_port()
     env = {**service_env, "MODQ_DATABASE_URL": database_url}
     scorer = spawn(["scorer"], env, "scorer")
+    spawn(["notifier", "--port", str(free_port())], env, "notifier")  # it writes the alert history
     spawn(["ingest", "--port", str(free_port())], env, "ingest")
     api = spawn(["api", "--port", str(api_port)], env, "api")
     traffic = Traffic(env)

@@ -43,6 +43,7 @@ async def test_scorer_killed_mid_stream_recovers_its_state(
     api_port = free_port()
     env = {**service_env, "MODQ_DATABASE_URL": database_url, "MODQ_SCORER_STALL_TIMEOUT_S": "20"}
     scorer = spawn(["scorer"], env, "scorer-1")
+    spawn(["notifier", "--port", str(free_port())], env, "notifier")  # it writes the alert history
     spawn(["ingest", "--port", str(free_port())], env, "ingest")
     spawn(["api", "--port", str(api_port)], env, "api")
     traffic = Traffic(env)

@@ -45,6 +45,7 @@ async def test_scorers_that_join_and_die_mid_stream_count_exactly(
     stream = make_stream(DECISIONS)
     envs = [worker_env(env, tmp_path, n) for n in range(4)]
     workers = [spawn(["scorer"], envs[n], f"scorer-{n}") for n in range(3)]
+    spawn(["notifier", "--port", str(free_port())], env, "notifier")  # it writes the alert history
 
     async def all_ready() -> bool:
         async with httpx.AsyncClient(timeout=5) as web:

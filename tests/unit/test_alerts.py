@@ -196,3 +196,51 @@ def test_replayed_outcomes_feed_the_detectors_once_however_they_are_chunked() ->
     assert replayed == clean
     assert clean[1]  # the shift raised an alert
     assert run([(0, 40)])[0] != run([(0, 20)])[0]  # new offsets are applied
+
+
+def test_an_alert_raised_on_old_history_is_historical_and_announced_once_the_input_is_current() -> None:
+    """Catching up on a day of history (the input's newest event is at 24 h): a drift at hour 2 fires
+    and resolves as history; one at hour 23 fires as history (two hours behind) and, still firing
+    when verdicts within the hour come, is announced as current, once, then resolves as current."""
+    from services.scorer.join import Outcome
+    from services.scorer.pipeline import detect, group_outcomes, pair_key
+
+    policy = MonitorPolicy(baseline_mode="sla", arl0=100_000)
+    rng = random.Random(11)
+    hour = 3_600_000
+    head = 24 * hour
+    key = pair_key("ip.trademark/counterfeit", "V|01")
+    table: dict[bytes, bytes] = {}
+    changes = []
+    plan = [(0, 1500, 0.03), (2 * hour, 600, 0.2), (3 * hour, 3000, 0.03), (22 * hour, 600, 0.2)]
+    plan += [(23 * hour + 30 * 60_000, 300, 0.2), (23 * hour + 40 * 60_000, 3000, 0.0)]
+    offset = 0
+    for start, n, p in plan:
+        for i in range(0, n, 50):
+            fed = [
+                Outcome(*["ip.trademark/counterfeit", "V|01"], start + (i + j) * 500, rng.random() < p, 1)
+                for j in range(50)
+            ]
+            found = detect(key, group_outcomes([(0, offset, fed)], head_ms=head)[key], table.get, policy, hour)
+            table[key] = found.state
+            offset += 1
+            changes += [c for c in found.changes if c.rule == "error_rate"]
+    seen = [(c.status, c.historical, int(c.started_at[11:13])) for c in changes]
+    assert seen == [
+        ("firing", True, 2),
+        ("resolved", True, 2),
+        ("firing", True, 22),
+        ("firing", False, 22),  # the same alert, announced once its verdicts are within the hour
+        ("resolved", False, 22),
+    ], seen
+    assert changes[2].alert_id == changes[3].alert_id == changes[4].alert_id != changes[0].alert_id
+    # With no newest event known (head 0), nothing is history.
+    table, raised = {}, []
+    for offset in range(40):
+        fed = [
+            Outcome("ip.trademark/counterfeit", "V|01", offset * 25_000 + j, rng.random() < 0.3, 1) for j in range(50)
+        ]
+        found = detect(key, group_outcomes([(0, offset, fed)])[key], table.get, policy, hour)
+        table[key] = found.state
+        raised += found.changes
+    assert raised and not any(c.historical for c in raised)

@@ -1,4 +1,5 @@
-"""Rate buckets counted once by offset: rows without a partition, bucket_owners.applied_to, no book_writes
+"""Rate buckets counted once by offset: rows without a partition, bucket_owners.applied_to, no book_writes;
+alerts.historical (raised while catching up on old history: recorded, not paged)
 
 Each scorer write raises its partitions' ``bucket_owners.applied_to`` (the events-topic offset its
 counts go up to) in the same transaction as the counts, so writes apply once without per-process
@@ -76,9 +77,13 @@ def upgrade() -> None:
     with op.batch_alter_table("bucket_owners") as batch:
         batch.add_column(sa.Column("applied_to", sa.BigInteger, nullable=True))
     op.drop_table("book_writes")
+    with op.batch_alter_table("alerts") as batch:
+        batch.add_column(sa.Column("historical", sa.Boolean, nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("alerts") as batch:
+        batch.drop_column("historical")
     op.create_table(
         "book_writes",
         sa.Column("writer_id", sa.String(80), primary_key=True),
