@@ -61,6 +61,7 @@ from bench.scorer_throughput import (
 )
 from services.common.broker import start_broker
 from services.common.wire import WireAppeal, WireEvent, WireVerdict
+from services.scorer.alerts import dedup_key
 
 LABELS = [f"LABEL_{i:02d}" for i in range(40)]
 VENDORS = [f"V{i:02d}" for i in range(8)]
@@ -239,13 +240,31 @@ async def alerts_settled(url: str, quiet_s: float = 3.0) -> float:
     return since
 
 
-def start_scorer(env: dict[str, str], workdir: Path, log: str) -> subprocess.Popen[bytes]:
+def start_service(args: list[str], env: dict[str, str], workdir: Path, log: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "scorer"],
+        [sys.executable, "-m", "services.cli", *args],
         env=env,
         stdout=open(workdir / log, "wb"),
         stderr=subprocess.STDOUT,
     )
+
+
+def start_scorer(env: dict[str, str], workdir: Path, log: str) -> subprocess.Popen[bytes]:
+    return start_service(["scorer"], env, workdir, log)
+
+
+async def start_notifier(env: dict[str, str], workdir: Path, log: str) -> subprocess.Popen[bytes]:
+    """The notifier, ready: its history lane records the alerts in the database (no receivers)."""
+    port = free_port()
+    proc = start_service(["notifier", "--port", str(port)], env, workdir, log)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as web:
+        for _ in range(240):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await web.get("/readyz")).status_code == 200:
+                    return proc
+            await asyncio.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the notifier did not get ready; see {workdir / log}")
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -256,6 +275,7 @@ async def backfill(env: dict[str, str], url: str, stream: Stream, workdir: Path)
     """The scorer on the whole topic: from its first event counted until the database has every count
     and every alert (the detectors have seen every verdict and the alert rows are still)."""
     expect_events, expect = len(stream.wires), truth_counts(stream)
+    notifier = await start_notifier(env, workdir, "backfill-notifier.log")
     proc = start_scorer(env, workdir, "backfill.log")
     port = env["MODQ_SCORER_WEB_PORT"]
     progress: list[dict[str, object]] = []
@@ -294,8 +314,9 @@ async def backfill(env: dict[str, str], url: str, stream: Stream, workdir: Path)
                     )
         raise RuntimeError(f"the backfill did not finish; see {workdir / 'backfill.log'}")
     finally:
-        proc.terminate()
-        proc.wait(60)
+        for p in (proc, notifier):
+            p.terminate()
+            p.wait(60)
 
 
 async def live(env: dict[str, str], url: str, bootstrap: str, stream: Stream, partitions: int, workdir: Path) -> float:
@@ -304,6 +325,7 @@ async def live(env: dict[str, str], url: str, bootstrap: str, stream: Stream, pa
     database has every count."""
     topic = env["MODQ_TOPIC_EVENTS"]
     await create_topics(bootstrap, {topic: partitions})
+    notifier = await start_notifier(env, workdir, "live-notifier.log")
     proc = start_scorer(env, workdir, "live.log")
     port = env["MODQ_SCORER_WEB_PORT"]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=8_388_608, acks=1)
@@ -336,8 +358,14 @@ async def live(env: dict[str, str], url: str, bootstrap: str, stream: Stream, pa
         return time.perf_counter() - started
     finally:
         await producer.stop()
-        proc.terminate()
-        proc.wait(60)
+        for p in (proc, notifier):
+            p.terminate()
+            p.wait(60)
+
+
+def notifier_env() -> dict[str, str]:
+    tag = uuid.uuid4().hex[:6]
+    return {"MODQ_NOTIFIER_GROUP_ID": f"bench-notifier-{tag}", "MODQ_TOPIC_ALERT_ACTIONS": f"bench-actions-{tag}"}
 
 
 async def main_async(args: argparse.Namespace) -> str:
@@ -367,6 +395,7 @@ async def main_async(args: argparse.Namespace) -> str:
             **scorer_env(bootstrap, batch_topic, args.partitions, workdir),
             "MODQ_DATABASE_URL": url,
             "MODQ_LOG_LEVEL": "INFO",
+            **notifier_env(),
         }
         env.pop("MODQ_SCORER_INSTANCE_ID")
         done = await backfill(env, url, stream, workdir)
@@ -379,6 +408,7 @@ async def main_async(args: argparse.Namespace) -> str:
         live_env = {
             **scorer_env(bootstrap, f"bench.live-{uuid.uuid4().hex[:6]}", args.partitions, workdir),
             "MODQ_DATABASE_URL": live_url,
+            **notifier_env(),
         }
         live_env.pop("MODQ_SCORER_INSTANCE_ID")
         live_s = await live(live_env, live_url, bootstrap, stream, args.partitions, workdir)
@@ -396,6 +426,8 @@ async def main_async(args: argparse.Namespace) -> str:
             print(f"{name_}: {len(wrong)} pairs differ, e.g. {list(wrong.items())[:3]}", flush=True)
     same_alerts = {k: v[:2] for k, v in a_back.items()} == {k: v[:2] for k, v in a_live.items()}
     same_times = {k: (v[2], v[4]) for k, v in a_back.items()} == {k: (v[2], v[4]) for k, v in a_live.items()}
+    drifting = {dedup_key("error_rate", *pair) for pair in (OLD_DRIFT, NEW_DRIFT)}
+    missed = sorted(drifting - {v[0] for v in a_back.values()})
     historical = sorted(v[0] for v in a_back.values() if v[3])
     current = sorted(v[0] for v in a_back.values() if not v[3])
     mid = done.progress[len(done.progress) // 2] if done.progress else {}
@@ -416,6 +448,7 @@ async def main_async(args: argparse.Namespace) -> str:
         " slices, each published once the scorer had the one before)\n"
         f"- alerts: backfill {len(a_back)}, live {len(a_live)}; same ids and statuses: {same_alerts};"
         f" same started_at and onset_at: {same_times}\n"
+        f"- error-rate alerts missing for the two drifting pairs: {missed or 'none'}\n"
         f"- the backfill's alerts recorded as history (not paged): {historical}; current (paged): {current}\n"
         f"- progress while catching up, /readyz mid-way: {mid}\n"
         f"- log: {done.log_lines[0][:400] if done.log_lines else '(none)'}\n"
