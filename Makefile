@@ -20,10 +20,11 @@ install: $(STAMP) ## create the virtualenv and install modq with its dev tools
 dev: $(STAMP) ## run everything on embedded defaults: broker, SQLite, ingest, scorer, api, simulator
 	$(BIN)/modq dev
 
-lint: $(STAMP) ## ruff and mypy --strict on the core
+lint: $(STAMP) ## ruff, mypy --strict on the domain core and contracts, import-linter layering
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: $(STAMP) ## lint, then every test (unit and integration on the real broker and PostgreSQL)
 	$(MAKE) lint

@@ -31,7 +31,7 @@ from bench.pg import create_database, drop_database
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
-from services.scorer.rates import COUNT_FIELDS
+from services.domain.rates import COUNT_FIELDS
 
 
 async def fill(dsn: str, hours: int, n_alerts: int) -> None:

@@ -59,9 +59,9 @@ from bench.scorer_throughput import (
     scorer_env,
     send_batches,
 )
-from services.common.broker import start_broker
-from services.common.wire import WireAppeal, WireEvent, WireVerdict
-from services.scorer.alerts import dedup_key
+from services.contracts.alerts import dedup_key
+from services.contracts.batches import WireAppeal, WireEvent, WireVerdict
+from services.devtools.broker import start_broker
 
 LABELS = [f"LABEL_{i:02d}" for i in range(40)]
 VENDORS = [f"V{i:02d}" for i in range(8)]

@@ -2,7 +2,7 @@
 
 Runs, vectorised over the seeds (by default the 200 evaluation seeds of bench/drift_benchmark.py;
 ``--first-seed 100000 --seeds 2000`` for expected values on seeds no design was chosen on): modq's
-mixture Shiryaev-Roberts detector (the same maths as services/scorer/drift.py), one-sided CUSUMs
+mixture Shiryaev-Roberts detector (the same maths as services/domain/detectors/mixture.py), one-sided CUSUMs
 tuned to several shifts (thresholds from the exact chain, ARL0 = 100,000), and single-shift
 Shiryaev-Roberts procedures (thresholds given as log A; their in-control ARL is measured here by
 simulation on 2,000 x 60,000 stable verdicts). Prints median / mean (+/- its standard error) /
@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 from bench.drift_benchmark import CHANGE, EVAL_SEEDS_START, P0, stream
-from services.scorer.drift import MIXTURE, llr_steps, mixture_design, threshold_for_arl
+from services.domain.detectors import MIXTURE, llr_steps, mixture_design, threshold_for_arl
 
 SCENARIOS = ("shift:0.045", "shift:0.06", "shift:0.09", "ramp")
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.scorer.alerts import MonitorPolicy, PairMonitor
-from services.scorer.drift import BernoulliCusum, design, make_detector
+from services.domain.detectors import BernoulliCusum, design, make_detector
+from services.domain.monitor import MonitorPolicy, PairMonitor
 
 P0 = 0.03
 ARL0 = 100_000

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
 from bench.drift_benchmark import CHANGE, HORIZON, P0, RAMP, N
-from services.scorer.drift import MIXTURE, llr_steps, mixture_design
+from services.domain.detectors import MIXTURE, llr_steps, mixture_design
 
 Post = Callable[[int], float]
 POSTS: dict[str, Post] = {

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from services.scorer.drift import MIXTURE, OVERSHOOT, mixture_design
+from services.domain.detectors import MIXTURE, OVERSHOOT, mixture_design
 
 BASELINES = (0.0001, 0.001, 0.01, 0.03, 0.1, 0.3, 0.45)
 ARL0S = (500.0, 5_000.0, 100_000.0)

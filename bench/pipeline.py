@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.cli import run
 from bench.pg import create_database, drop_database
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port, metric, raw_consume
-from services.common.broker import start_broker
+from services.devtools.broker import start_broker
 
 PARTITIONS = 4
 TOPICS = {"decision": "bench.decisions", "verdict": "bench.verdicts", "appeal": "bench.appeals"}

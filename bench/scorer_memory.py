@@ -42,8 +42,8 @@ from bench.scorer_throughput import (
     scorer_env,
     send_batches,
 )
-from services.common.broker import start_broker
-from services.common.wire import WireEvent
+from services.contracts.batches import WireEvent
+from services.devtools.broker import start_broker
 
 
 async def fill_batches(bootstrap: str, topic: str, wires: list[WireEvent], partitions: int) -> None:

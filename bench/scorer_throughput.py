@@ -34,8 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.common.broker import start_broker
-from services.common.wire import (
+from services.contracts.batches import (
     WireAppeal,
     WireDecision,
     WireEvent,
@@ -44,6 +43,7 @@ from services.common.wire import (
     encode_batch,
     partition_for,
 )
+from services.devtools.broker import start_broker
 
 LABELS = [f"LABEL_{i:02d}" for i in range(40)]
 VENDORS = [f"V{i:02d}" for i in range(8)]
@@ -235,7 +235,8 @@ async def raw_consume(bootstrap: str, topic: str, expect: int, decode) -> float:
 def core_rate(wires: list[WireEvent]) -> tuple[float, float]:
     """The pure core alone (decode, join, encode state, group outcomes) on 2,000-event batches,
     and the mean stored bytes per decision (state plus key)."""
-    from services.scorer.pipeline import group_outcomes, score_batch
+    from services.contracts.pairs import group_outcomes
+    from services.domain.join import score_batch
 
     payloads = [encode_batch(wires[i : i + 2_000]) for i in range(0, len(wires), 2_000)]
     store: dict[bytes, bytes] = {}

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ def _ingest(args: argparse.Namespace) -> int:
     import uvicorn
 
     from services.common.config import IngestSettings
-    from services.common.logging import configure_logging
+    from services.common.log import configure_logging
     from services.ingest.http import create_ingest_app
     from services.ingest.service import IngestService
 
@@ -63,7 +64,7 @@ def _notifier(args: argparse.Namespace) -> int:
     import uvicorn
 
     from services.common.config import NotifierSettings
-    from services.common.logging import configure_logging
+    from services.common.log import configure_logging
     from services.notifier.http import create_notifier_app
     from services.notifier.service import Notifier, ensure_notifier_topics
 
@@ -159,7 +160,7 @@ def _schema_ready(settings: CommonSettings) -> bool:
 def _scorer(args: argparse.Namespace) -> int:
     from services.common.config import ScorerSettings
     from services.common.kafka import ensure_topics
-    from services.common.logging import configure_logging, json_logging_config
+    from services.common.log import configure_logging, json_logging_config
     from services.scorer.app import Scorer, make_worker
     from services.scorer.detection import monitors_changelog
     from services.scorer.stage import changelog_topic
@@ -182,7 +183,11 @@ def _scorer(args: argparse.Namespace) -> int:
             configs={c: {"cleanup.policy": "compact"} for c in changelogs},
         )
     )
-    scorer = Scorer(settings)
+
+    def exit_stalled(partitions: list[int]) -> None:
+        os._exit(70)  # a hung Faust shutdown must not keep a stalled worker alive: Kubernetes restarts it
+
+    scorer = Scorer(settings, on_stall=exit_stalled if settings.scorer_exit_on_stall else None)
     worker = make_worker(
         scorer,
         loglevel=settings.log_level,
@@ -206,7 +211,7 @@ def _api(args: argparse.Namespace) -> int:
 
     from services.api.app import create_api
     from services.common.config import ApiSettings
-    from services.common.logging import configure_logging
+    from services.common.log import configure_logging
 
     settings = ApiSettings()
     configure_logging(settings.log_level, "api")
@@ -223,7 +228,7 @@ def _api(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from services.common.config import CommonSettings
-    from services.common.logging import configure_logging
+    from services.common.log import configure_logging
     from services.simulate import Drift, SimConfig, run_simulator
 
     settings = CommonSettings()
@@ -247,7 +252,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from services.common.config import CommonSettings
-    from services.common.logging import configure_logging
+    from services.common.log import configure_logging
 
     settings = CommonSettings()
     configure_logging(settings.log_level, "migrate")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from services.common.broker import port_open, start_broker, wait_for_port
+from services.devtools.broker import port_open, start_broker, wait_for_port
 
 DEV_DIR = Path(".modq-dev")
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,15 +10,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.common.broker import start_broker
+from services.devtools.broker import start_broker
+from tests.support.processes import Daemons, Service, free_port
 
 PG_ADMIN_DSN = os.environ.get("MODQ_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -75,37 +66,6 @@ def names() -> dict[str, str]:
     }
 
 
-class Service:
-    """A modq service running as a real child process (so it can be killed like one)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.args, self.env, self.log = args, env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *self.args], env=self.env, stdout=out, stderr=subprocess.STDOUT
-        )
-        return self
-
-    def stop(self, kill: bool = False) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
 @pytest.fixture
 def service_env(kafka_bootstrap: str, names: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODQ_")}
@@ -143,38 +103,10 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         svc.stop()
 
 
-async def eventually(check, timeout: float = 90.0, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    """Poll an async check until it returns a truthy value; returns it, or fails with the last value."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    last = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
-
-
-class Daemons:
-    """Third-party daemons started by one test, stopped after it, failed or not."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def add(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[object]:
     """Starts a real Alertmanager (Debian's) routing to a webhook at hook_port."""
-    from tests.receivers import start_alertmanager
+    from tests.support.receivers import start_alertmanager
 
     daemons = Daemons()
     yield lambda port, hook_port: daemons.add(start_alertmanager(tmp_path / f"am-{port}", port, hook_port))
@@ -184,7 +116,7 @@ def alertmanager(tmp_path: Path) -> Iterator[object]:
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[object]:
     """Starts a real Prometheus scraping the given {job: host:port} targets, with modq's rules."""
-    from tests.observability import start_prometheus
+    from tests.support.observability import start_prometheus
 
     daemons = Daemons()
     yield lambda port, targets: daemons.add(start_prometheus(tmp_path / f"prom-{port}", port, targets))

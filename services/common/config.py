@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 if TYPE_CHECKING:
     from services.common.metrics import LabelBudget
-    from services.scorer.alerts import MonitorPolicy
+    from services.domain.monitor import MonitorPolicy
 
 DEV_DATABASE_URL = "sqlite+aiosqlite:///./.modq-dev/modq.db"
 
@@ -91,19 +91,6 @@ class CommonSettings(BaseSettings):
             LabelBudget.from_config(self.metric_vendors, self.metric_label_cap),
         )
 
-    def kafka_client_options(self) -> dict[str, object]:
-        """Security options for aiokafka clients (SASL/TLS when configured)."""
-        opts: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
-        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            opts["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
-        if self.kafka_sasl_mechanism:
-            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
-            opts["sasl_plain_username"] = self.kafka_sasl_username
-            opts["sasl_plain_password"] = self.kafka_sasl_password
-        return opts
-
     @property
     def input_topics(self) -> dict[str, str]:
         return {self.topic_decisions: "decision", self.topic_verdicts: "verdict", self.topic_appeals: "appeal"}
@@ -149,7 +136,8 @@ class ScorerSettings(CommonSettings):
     resolve_threshold: float = Field(6.0, gt=0, description="downward-CUSUM threshold that resolves an alert")
 
     def monitor_policy(self) -> MonitorPolicy:
-        from services.scorer.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_UNDER, RULES, MonitorPolicy
+        from services.contracts.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_UNDER, RULES
+        from services.domain.monitor import MonitorPolicy
 
         return MonitorPolicy(
             baseline_mode=self.baseline_mode,

@@ -23,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.common.events import LABEL_MAX
-from services.scorer.rates import COUNT_FIELDS
+from services.contracts.events import LABEL_MAX
+from services.domain.rates import COUNT_FIELDS
 
 DB_UNAVAILABLE = (OperationalError, DBAPIError, OSError)
 """What a database call raises when the database is down or unreachable (retry, or answer 503)."""
@@ -53,7 +53,7 @@ bucket_owners = Table(
     # Per partition of the events topic: the scorer process that writes its changes (claimed when
     # the partition is assigned to it; every write locks the row and drops the changes of
     # partitions another process has claimed since) and the offset its counts in rate_buckets go up
-    # to, raised in the same transaction as the counts (services.scorer.book).
+    # to, raised in the same transaction as the counts (services.domain.book).
     Column("partition", Integer, primary_key=True, autoincrement=False),
     Column("writer_id", String(80), nullable=False),
     Column("applied_to", BigInteger, nullable=True),

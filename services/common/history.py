@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from sqlalchemy import and_, case, not_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.actions import AlertAction
 from services.common.db import alert_history, alerts, insert_for, silences
-from services.scorer.alerts import AlertEvent
+from services.contracts.actions import AlertAction
+from services.contracts.alerts import AlertEvent
 
 
 def parse_ts(value: str | None) -> datetime | None:

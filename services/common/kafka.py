@@ -1,10 +1,12 @@
-"""Thin aiokafka helpers: topic creation and client construction from settings."""
+"""Thin Kafka helpers: topic creation, client construction from settings, and the one translation
+of the MODQ_KAFKA_* security settings (for aiokafka clients and for Faust)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -16,12 +18,45 @@ from services.common.unreadable import ConsumerHealth, GuardedConsumer
 log = logging.getLogger("modq.kafka")
 
 
+def client_options(settings: CommonSettings) -> dict[str, Any]:
+    """Security options for aiokafka clients (SASL and TLS when configured)."""
+    protocol = settings.kafka_security_protocol.upper()
+    opts: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password
+    return opts
+
+
+def faust_credentials(settings: CommonSettings) -> Any:
+    """The same security as ``client_options``, as Faust's broker credentials (None: plaintext)."""
+    import faust
+
+    opts = client_options(settings)
+    protocol = opts["security_protocol"]
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=opts["sasl_plain_username"],
+            password=opts["sasl_plain_password"],
+            mechanism=opts["sasl_mechanism"],
+            ssl_context=opts.get("ssl_context"),
+        )
+    return faust.SSLCredentials(opts["ssl_context"])
+
+
 async def ensure_topics(
     settings: CommonSettings, topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
 ) -> None:
     """Create topics that do not exist yet (name -> partitions, optional name -> topic configs);
     existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **settings.kafka_client_options())
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, **client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -46,7 +81,7 @@ def make_producer(settings: CommonSettings, **overrides: object) -> AIOKafkaProd
         "linger_ms": 5,
         "max_batch_size": 1_048_576,
         "max_request_size": 4_194_304,
-        **settings.kafka_client_options(),
+        **client_options(settings),
     }
     opts.update(overrides)
     return AIOKafkaProducer(**opts)
@@ -63,7 +98,7 @@ def make_consumer(
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        **settings.kafka_client_options(),
+        **client_options(settings),
     }
     opts.update(overrides)
     if guard is not None:

@@ -1,4 +1,5 @@
-"""Bounded label values for Prometheus: configured lists, or the first K values seen; the rest is "other".
+"""Prometheus for every service: one way to serve ``/metrics`` from a registry, and bounded label
+values (configured lists, or the first K values seen; the rest is "other").
 
 >>> b = LabelBudget.from_config("", cap=2)
 >>> [b.value(v) for v in ("V01", "V02", "V03", "V01")]
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 OTHER = "other"
 
@@ -34,3 +37,8 @@ class LabelBudget:
             self.admitted.add(v)
             return v
         return OTHER
+
+
+def metrics_response(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The body and content type of a ``/metrics`` answer for ``registry`` (text exposition)."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -29,5 +29,11 @@ class RecentIds:
             self._ids.popitem(last=False)
         return False
 
+    def forget(self, event_ids: list[str]) -> None:
+        """Forget ids remembered by ``seen`` whose events were not delivered after all (a send that
+        failed): their retry must not be taken for a redelivery."""
+        for event_id in event_ids:
+            self._ids.pop(event_id, None)
+
     def __len__(self) -> int:
         return len(self._ids)

@@ -9,16 +9,17 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 import orjson
+from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from services.common.auth import KeyCache, Principal, key_from_headers
 from services.common.db import DB_UNAVAILABLE, make_engine
+from services.common.metrics import metrics_response
 from services.common.ratelimit import RateLimits
-from services.common.wire import to_ms
+from services.contracts.events import Appeal, Decision, Verdict
 from services.ingest.service import IngestService
-from services.ingest.validate import Rejected, validate_record
+from services.ingest.validate import Rejected, validate_timed
 
 ANONYMOUS = Principal(key_id="anonymous", name="anonymous", role="publisher")
 KINDS = {"decisions": "decision", "verdicts": "verdict", "appeals": "appeal"}
@@ -104,9 +105,8 @@ def create_ingest_app(service: IngestService) -> FastAPI:
         if len(items) > s.ingest_http_max_events:
             raise HTTPException(413, f"at most {s.ingest_http_max_events} events per request")
         event_kind = KINDS[kind]
-        topic = {"decision": s.topic_decisions, "verdict": s.topic_verdicts, "appeal": s.topic_appeals}[event_kind]
         now_ms = int(time.time() * 1000)
-        good: list[tuple[bytes, bytes]] = []
+        good: list[tuple[Decision | Verdict | Appeal, int]] = []
         rejected: list[ItemError] = []
         for i, item in enumerate(items):
             try:
@@ -114,23 +114,24 @@ def create_ingest_app(service: IngestService) -> FastAPI:
             except (orjson.JSONEncodeError, TypeError):  # nested deeper than orjson writes (found by fuzzing)
                 rejected.append(ItemError(index=i, reason="invalid_json", detail="JSON nested too deeply"))
                 continue
-            result = validate_record(
+            timed = validate_timed(
                 event_kind,
                 raw,
                 now_ms=now_ms,
                 max_bytes=s.max_record_bytes,
                 max_future_skew_ms=s.max_future_skew_s * 1000,
             )
-            if not isinstance(result, Rejected) and (
-                late := service.router.watermarks.check(event_kind, to_ms(result))
-            ):
-                result = late
-            if isinstance(result, Rejected):
-                rejected.append(ItemError(index=i, reason=result.reason, detail=result.detail))
+            if not isinstance(timed, Rejected) and (late := service.router.watermarks.check(event_kind, timed[1])):
+                timed = late
+            if isinstance(timed, Rejected):
+                rejected.append(ItemError(index=i, reason=timed.reason, detail=timed.detail))
             else:
-                good.append((result.decision_id.encode(), raw))
+                good.append(timed)
         if good:
-            await service.publish_raw(topic, good)
+            try:
+                await service.publish_events(event_kind, good)
+            except KafkaError:
+                raise HTTPException(503, "ingest cannot reach Kafka right now; retry later") from None
         return BatchResult(accepted=len(good), rejected=rejected)
 
     @app.get("/healthz")
@@ -151,6 +152,7 @@ def create_ingest_app(service: IngestService) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = metrics_response(service.metrics.registry)
+        return Response(body, media_type=media_type)
 
     return app

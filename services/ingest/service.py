@@ -18,10 +18,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.config import IngestSettings
-from services.common.events import Appeal, Decision, Verdict
 from services.common.kafka import BrokerWatch, ensure_topics, make_consumer, make_producer
 from services.common.unreadable import ConsumerHealth
-from services.common.wire import WireEvent, encode_batch, encode_event, partition_for
+from services.contracts.batches import WireEvent, encode_batch, encode_event, partition_for
+from services.contracts.events import Appeal, Decision, Verdict
 from services.ingest.dedup import RecentIds
 from services.ingest.validate import Rejected, Watermarks, validate_timed
 
@@ -58,7 +58,7 @@ class IngestMetrics:
 
 
 @dataclass(slots=True)
-class Outcome:
+class Routed:
     """Result of routing one poll's worth of records."""
 
     batches: dict[int, list[WireEvent]]
@@ -75,9 +75,9 @@ class Router:
         self.recent = RecentIds(settings.ingest_dedup_cache_size)
         self.watermarks = Watermarks(settings.late_grace_s * 1000)
 
-    def route(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]], now_ms: int) -> Outcome:
+    def route(self, records: list[tuple[str, ConsumerRecord[bytes, bytes]]], now_ms: int) -> Routed:
         s = self.settings
-        out = Outcome(defaultdict(list), [])
+        out = Routed(defaultdict(list), [])
         counts: dict[tuple[str, str], int] = defaultdict(int)  # (type, outcome): one metric update per poll
         seen, batches = self.recent.seen, out.batches
         for kind, rec in records:
@@ -114,6 +114,24 @@ class Router:
         for (kind, outcome), n in counts.items():
             self.metrics.events.labels(kind, outcome).inc(n)
         return out
+
+    def batch(self, kind: str, accepted: list[tuple[Decision | Verdict | Appeal, int]]) -> tuple[Routed, list[str]]:
+        """Validated events (with their event time in ms) grouped into batches by scorer partition,
+        recently seen event ids dropped; also the ids newly remembered (``RecentIds.forget`` them
+        if the batches are not delivered)."""
+        out = Routed(defaultdict(list), [])
+        seen, fresh = self.recent.seen, []
+        for event, t_ms in accepted:
+            if seen(event.event_id):
+                out.duplicates += 1
+                continue
+            fresh.append(event.event_id)
+            out.batches[partition_for(event.decision_id, self.settings.partitions)].append(encode_event(event, t_ms))
+        if fresh:
+            self.metrics.events.labels(kind, "accepted").inc(len(fresh))
+        if out.duplicates:
+            self.metrics.events.labels(kind, "duplicate").inc(out.duplicates)
+        return out, fresh
 
 
 def deadletter_headers(rec: ConsumerRecord[bytes, bytes], kind: str, rejected: Rejected) -> list[tuple[str, bytes]]:
@@ -246,7 +264,7 @@ class IngestService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _send(self, out: Outcome) -> None:
+    async def _send(self, out: Routed) -> None:
         assert self.producer is not None
         s = self.settings
         futures = []
@@ -262,8 +280,14 @@ class IngestService:
         if futures:
             await asyncio.gather(*futures)
 
-    async def publish_raw(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-        """Append validated HTTP events (key, value) to an upstream topic; returns once the broker has them."""
-        assert self.producer is not None
-        futures = [await self.producer.send(topic, value, key=key) for key, value in records]
-        await asyncio.gather(*futures)
+    async def publish_events(self, kind: str, accepted: list[tuple[Decision | Verdict | Appeal, int]]) -> None:
+        """Validated HTTP events straight onto the scorer's topic, as the consumer would send them
+        (deduplicated, in batches by partition): no second trip through the upstream topic and a
+        second validation. Returns once the broker has them; raises ``KafkaError`` if it does not
+        (the events then count as not seen, so the client's retry is not dropped as a duplicate)."""
+        out, fresh = self.router.batch(kind, accepted)
+        try:
+            await self._send(out)
+        except BaseException:
+            self.router.recent.forget(fresh)
+            raise

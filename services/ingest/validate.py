@@ -8,8 +8,8 @@ from typing import Final
 
 import msgspec
 
-from services.common.events import EVENT_TYPES, LABEL_FIELDS, Appeal, Decision, Verdict
-from services.common.wire import to_ms
+from services.contracts.batches import to_ms
+from services.contracts.events import EVENT_TYPES, LABEL_FIELDS, Appeal, Decision, Verdict
 
 REASONS: Final = (
     "oversized",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.common.metrics import metrics_response
 from services.notifier.service import Notifier
 
 
@@ -27,6 +27,7 @@ def create_notifier_app(notifier: Notifier) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(notifier.registry), media_type=CONTENT_TYPE_LATEST)
+        body, media_type = metrics_response(notifier.registry)
+        return Response(body, media_type=media_type)
 
     return app

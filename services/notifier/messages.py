@@ -17,8 +17,8 @@ from urllib.parse import quote, urlencode
 import msgspec
 import orjson
 
-from services.common.actions import AlertAction
-from services.scorer.alerts import RULE_ERROR_TYPES, AlertEvent
+from services.contracts.actions import AlertAction
+from services.contracts.alerts import RULE_ERROR_TYPES, AlertEvent
 
 ALERTNAME = "ModqQualityDrift"
 STATE_OF_ACTION = {"acknowledged": "acknowledged", "resolved": "resolved"}

@@ -29,13 +29,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.actions import decode_action
 from services.common.config import NotifierSettings
 from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
 from services.common.history import apply_action, record_alert_change
 from services.common.kafka import ensure_topics, make_consumer
 from services.common.migrate import ensure_schema
 from services.common.unreadable import ConsumerHealth
+from services.contracts.actions import decode_action
+from services.contracts.alerts import AlertEvent
 from services.notifier.messages import Notice, notice_of_action, notice_of_alert
 from services.notifier.receivers import (
     AlertmanagerReceiver,
@@ -45,7 +46,6 @@ from services.notifier.receivers import (
     SlackReceiver,
     WebhookReceiver,
 )
-from services.scorer.alerts import AlertEvent
 
 log = logging.getLogger("modq.notifier")
 T = TypeVar("T")

@@ -5,7 +5,7 @@
 - stage 2 (``services.scorer.detection``): modq.pair-outcomes -> the pairs' monitors, alert state
   changes to quality.alerts (the notifier writes them to the alert history).
 Rate buckets reach the database from a loop that adds the changes since the last write, each
-partition's applied once by the events offset they go up to (``services.scorer.book``,
+partition's applied once by the events offset they go up to (``services.domain.book``,
 ``DbSink.write_book``). Faust runs the worker, its web pages and the timers. All state lives in
 changelogs, so it survives restarts.
 """
@@ -15,26 +15,29 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
+from services.common.kafka import faust_credentials
+from services.common.metrics import metrics_response
 from services.common.unreadable import ConsumerHealth
-from services.common.wire import ERROR_TYPES
-from services.scorer.alerts import AlertEvent, iso
-from services.scorer.book import RateBook
-from services.scorer.catchup import CatchUp, CatchUpReport
+from services.contracts.alerts import AlertEvent, iso
+from services.contracts.codes import ERROR_TYPES
+from services.domain.book import RateBook
+from services.domain.catchup import CatchUp, CatchUpReport
+from services.domain.detect import Detection
 from services.scorer.detection import DetectionStage
-from services.scorer.pipeline import Detection
+from services.scorer.metrics import ScorerMetrics
 from services.scorer.sink import DbSink
 from services.scorer.stage import DecisionStage
 
@@ -42,92 +45,17 @@ log = logging.getLogger("modq.scorer")
 CATCHUP_LOG_S = 10.0
 
 
-class ScorerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.batches = Counter("modq_scorer_batches", "Batch records processed", registry=registry)
-        self.events = Counter("modq_scorer_events", "Events processed from batches", registry=registry)
-        self.outcomes = Counter("modq_scorer_outcomes", "Judged verdicts fed to drift detectors", registry=registry)
-        self.alert_changes = Counter(
-            "modq_scorer_alert_changes", "Alert state changes raised", ["status"], registry=registry
-        )
-        self.flush_failures = Counter(
-            "modq_scorer_db_write_failures", "Database writes that failed and will be retried", registry=registry
-        )
-        self.expired_decisions = Counter(
-            "modq_scorer_expired_decisions",
-            "Decision states expired on event time (MODQ_SCORER_STATE_RETENTION_S)",
-            registry=registry,
-        )
-        self.database_wait = Counter(
-            "modq_scorer_database_wait_seconds",
-            "Time the scorer stopped taking records until rate-bucket writes caught up"
-            " (MODQ_SCORER_MAX_PENDING_BUCKETS)",
-            registry=registry,
-        )
-        self.dirty_buckets = Gauge(
-            "modq_scorer_dirty_buckets", "Rate buckets awaiting a database write", registry=registry
-        )
-        self.last_processed = Gauge(
-            "modq_scorer_last_processed_timestamp_seconds", "Wall time of the last processed batch", registry=registry
-        )
-        self.verdicts = Counter(
-            "modq_scorer_verdicts",
-            "Judged verdicts seen by the detectors, by error type (NONE: correct); bounded labels",
-            ["policy_label", "vendor_id", "error_type"],
-            registry=registry,
-        )
-        self.statistic = Gauge(
-            "modq_scorer_detector_statistic",
-            "Drift statistic of a pair's monitor: log of its Shiryaev-Roberts sum, alarms above log A; bounded labels",
-            ["policy_label", "vendor_id", "rule"],
-            registry=registry,
-        )
-        self.monitor_firing = Gauge(
-            "modq_scorer_monitor_firing",
-            "1 while a pair's monitor has an alert firing; bounded labels",
-            ["policy_label", "vendor_id", "rule"],
-            registry=registry,
-        )
-        self.consumer_lag = Gauge(
-            "modq_scorer_consumer_lag_records",
-            "Records on the events topic not yet processed, per partition",
-            ["topic", "partition"],
-            registry=registry,
-        )
-        self.event_time = Gauge(
-            "modq_scorer_event_time_seconds",
-            "Event time reached: of the slowest partition with records still to read (else the newest applied)",
-            registry=registry,
-        )
-        self.head_event_time = Gauge(
-            "modq_scorer_head_event_time_seconds",
-            "Event time of the newest record on this worker's partitions of the events topic",
-            registry=registry,
-        )
-        self.remaining_events = Gauge(
-            "modq_scorer_catchup_remaining_events",
-            "Events on this worker's partitions not yet processed (estimated from records)",
-            registry=registry,
-        )
-        self.catchup_eta = Gauge(
-            "modq_scorer_catchup_eta_seconds",
-            "Estimated time until the remaining events are processed, at the rate of the last 30 s",
-            registry=registry,
-        )
-        self.lag = Histogram(
-            "modq_scorer_processing_lag_seconds",
-            "Event time to processing time of the newest event in each batch",
-            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
-            registry=registry,
-        )
-
-
 class Scorer:
     """Builds the Faust app and holds its runtime pieces (engine, sink, dirty set, metrics)."""
 
-    def __init__(self, settings: ScorerSettings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: ScorerSettings,
+        registry: CollectorRegistry | None = None,
+        on_stall: Callable[[list[int]], None] | None = None,
+    ) -> None:
         self.settings = s = settings
+        self.on_stall = on_stall  # called (by the process's owner) when partitions stall
         self.metrics = ScorerMetrics(registry or CollectorRegistry())
         self.engine: AsyncEngine | None = None
         self.sink: DbSink | None = None
@@ -263,9 +191,9 @@ class Scorer:
         class Metrics(View):
             async def get(self, request: Request) -> Response:
                 scorer.observe_consumer_lag()
-                body = generate_latest(scorer.metrics.registry)
+                body, media_type = metrics_response(scorer.metrics.registry)
                 # aiohttp refuses a charset inside content_type; Prometheus text is UTF-8 anyway.
-                return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
+                return self.bytes(body, content_type=media_type.split(";")[0] + "; version=0.0.4")
 
         @app.page("/healthz")
         class Health(View):
@@ -348,8 +276,8 @@ class Scorer:
         self.stalled = stalled
         if stalled:
             log.error("scorer stalled", extra={"partitions": stalled, "topic": self.settings.topic_events})
-            if self.settings.scorer_exit_on_stall:
-                os._exit(70)  # a hung Faust shutdown must not keep a stalled worker alive
+            if self.on_stall is not None:
+                self.on_stall(stalled)
 
     # -- database -------------------------------------------------------------------------
 
@@ -401,26 +329,6 @@ def _progress_fields(report: CatchUpReport) -> dict[str, object]:
         "remaining_events": report.remaining_events,
         "eta_s": None if report.eta_s is None else round(report.eta_s),
     }
-
-
-def faust_credentials(s: ScorerSettings) -> Any:
-    """The scorer's Kafka security from the same MODQ_KAFKA_* settings as the other services."""
-    protocol = s.kafka_security_protocol.upper()
-    if protocol == "PLAINTEXT":
-        return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        context = create_ssl_context(cafile=s.kafka_ssl_cafile)
-    if protocol.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=s.kafka_sasl_username,
-            password=s.kafka_sasl_password,
-            mechanism=s.kafka_sasl_mechanism,
-            ssl_context=context,
-        )
-    return faust.SSLCredentials(context)
 
 
 def make_worker(scorer: Scorer, **options: Any) -> faust.Worker:

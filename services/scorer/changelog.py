@@ -1,10 +1,33 @@
-"""Reading a compacted changelog topic back into state, partition by partition."""
+"""A compacted changelog topic: state records written as whole record batches, and read back into
+state, partition by partition."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+Sends = list[tuple[int, int, asyncio.Future[Any]]]
+"""(partition, records in the batch, the broker's acknowledgement) per record batch sent."""
+
+
+async def send_records(producer: AIOKafkaProducer, topic: str, p: int, writes: Mapping[bytes, bytes | None]) -> Sends:
+    """State records as whole record batches (a C-level append per record, not a send); a value
+    of None is a tombstone."""
+    sends: Sends = []
+    batch, count = producer.create_batch(), 0
+    for key, value in writes.items():
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            sends.append((p, count, await producer.send_batch(batch, topic, partition=p)))
+            batch, count = producer.create_batch(), 0
+            batch.append(key=key, value=value, timestamp=None)
+        count += 1
+    if count:
+        sends.append((p, count, await producer.send_batch(batch, topic, partition=p)))
+    return sends
+
 
 Apply = Callable[[int, list[ConsumerRecord[bytes, bytes]]], None]
 """Takes a partition and the records read from it, in offset order."""

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,11 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from services.common.config import ScorerSettings
 from services.common.kafka import make_consumer, make_producer
 from services.common.unreadable import ConsumerHealth
-from services.scorer.alerts import AlertEvent, MonitorPolicy
-from services.scorer.changelog import check_partitions, read_to_end
-from services.scorer.pipeline import Detection, detect, encode_alert
-from services.scorer.stage import remove_stores_of_dead_processes
-from services.scorer.states import PartitionStates, open_states
+from services.contracts.alerts import AlertEvent, encode_alert
+from services.domain.detect import Detection, detect
+from services.domain.monitor import MonitorPolicy
+from services.scorer.changelog import Sends, check_partitions, read_to_end, send_records
+from services.scorer.stores import PartitionStates, PartitionStores, remove_stores_of_dead_processes
 
 log = logging.getLogger("modq.scorer.detection")
 
@@ -67,7 +67,6 @@ class DetectionStage:
         self.topic = settings.topic_outcomes
         self.changelog = monitors_changelog(settings)
         self.group_id = f"{settings.scorer_app_id}-pairs"
-        self.states: dict[int, PartitionStates] = {}
         self.changelog_end: dict[int, int] = {}
         self.owned: set[int] = set()
         self.ready = False
@@ -76,6 +75,7 @@ class DetectionStage:
         self._rocks_dir = (
             Path(settings.scorer_data_dir or f"{settings.scorer_app_id}-data") / "monitors" / str(os.getpid())
         )
+        self.states = PartitionStores(settings.scorer_store, self._rocks_dir)
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -186,19 +186,8 @@ class DetectionStage:
         assert self.consumer is not None
         await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items() if records})
 
-    async def _send_changelog(self, p: int, writes: dict[bytes, bytes]) -> list[tuple[int, int, asyncio.Future[Any]]]:
-        producer = self._producer()
-        sends: list[tuple[int, int, asyncio.Future[Any]]] = []
-        batch, count = producer.create_batch(), 0
-        for key, value in writes.items():
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                sends.append((p, count, await producer.send_batch(batch, self.changelog, partition=p)))
-                batch, count = producer.create_batch(), 0
-                batch.append(key=key, value=value, timestamp=None)
-            count += 1
-        if count:
-            sends.append((p, count, await producer.send_batch(batch, self.changelog, partition=p)))
-        return sends
+    async def _send_changelog(self, p: int, writes: Mapping[bytes, bytes | None]) -> Sends:
+        return await send_records(self._producer(), self.changelog, p, writes)
 
     # -- rebalancing and recovery -----------------------------------------------------------
 
@@ -278,15 +267,10 @@ class DetectionStage:
                 consumer.seek(tp, committed)
 
     def _store(self, p: int) -> PartitionStates:
-        store = self.states.get(p)
-        if store is None:
-            store = self.states[p] = open_states(self.settings.scorer_store, self._rocks_dir, p)
-        return store
+        return self.states.open(p)
 
     def _drop(self, p: int) -> None:
-        store = self.states.pop(p, None)
-        if store is not None:
-            store.close()
+        self.states.drop(p)
         self.changelog_end.pop(p, None)
 
     def _producer(self) -> AIOKafkaProducer:

@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import bucket_owners, insert_for, rate_buckets
-from services.scorer.book import BookWrite
-from services.scorer.rates import COUNT_FIELDS, BucketKey, Counts
+from services.domain.book import BookWrite
+from services.domain.rates import COUNT_FIELDS, BucketKey, Counts
 
 UPSERT_CHUNK_ROWS = 5_000
 
@@ -91,7 +91,8 @@ def _sort_out(
                 if row is None:
                     rows[key] = counts  # shared with the write, which is never changed: copied on a sum
                 else:
-                    rows[key] = [a + b for a, b in zip(row, counts, strict=True)]
+                    rows[key] = summed = row.copy()
+                    summed.add(counts)
     if lost:
         log.warning("changes of partitions another scorer writes now dropped", extra={"partitions": sorted(lost)})
     return WriteResult(frozenset(applied), frozenset(already), frozenset(lost)), rows, through
@@ -168,7 +169,7 @@ class DbSink:
                         "market": market,
                         "bucket_start": _ts(start_ms),
                         "updated_at": now,
-                        **dict(zip(COUNT_FIELDS, counts, strict=True)),
+                        **dict(zip(COUNT_FIELDS, counts.values(), strict=True)),
                     }
                     for (label, vendor, market, start_ms), counts in chunk
                 ]
@@ -202,7 +203,7 @@ class DbSink:
                                 vendor,
                                 market,
                                 starts.get(start_ms) or starts.setdefault(start_ms, _ts(start_ms)),
-                                *counts,  # ints, but the weighted sums (asyncpg takes an int for a float)
+                                *counts.values(),  # ints, but the weighted sums (asyncpg takes an int for a float)
                                 now,
                             )
                             for (label, vendor, market, start_ms), counts in rows.items()

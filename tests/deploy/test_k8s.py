@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from services.common.config import NotifierSettings, ScorerSettings
-from tests.deploy.sync_prometheusrule import prometheus_rule
+from tests.support.sync_prometheusrule import prometheus_rule
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.observability import DASHBOARD, RULES, panel_queries, promtool
+from tests.support.observability import DASHBOARD, RULES, panel_queries, promtool
 
 
 def test_rules_pass_promtool_check_and_their_unit_tests() -> None:

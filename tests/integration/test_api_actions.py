@@ -18,12 +18,13 @@ from services.common.auth import create_key
 from services.common.db import make_engine
 from services.common.history import record_alert_change
 from services.common.migrate import ensure_schema
-from services.scorer.book import BookWrite
+from services.domain.book import BookWrite
+from services.domain.rates import Counts
 from services.scorer.sink import DbSink
-from tests.conftest import Service, eventually, free_port
-from tests.factories import alert_event
-from tests.kafkautil import consume_all
-from tests.pipeline_util import api_ready
+from tests.support.factories import alert_event
+from tests.support.kafkautil import consume_all
+from tests.support.pipeline_util import api_ready
+from tests.support.processes import Service, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ async def test_actions_are_authorised_recorded_published_and_exported(
     # Buckets of the last hour for three pairs; with MODQ_METRIC_VENDORS=V01 the other two pool as "other".
     minute = int(datetime.now(tz=UTC).timestamp() // 60 * 60_000) - 120_000
     counts = {"V01": (200, 10), "V02": (100, 20), "V03": (100, 0)}
-    rows = {("SCAMS_AND_FRAUD", v, "DE", minute): [n, e] + [0] * 10 for v, (n, e) in counts.items()}
+    rows = {("SCAMS_AND_FRAUD", v, "DE", minute): Counts(verdicts=n, errors=e) for v, (n, e) in counts.items()}
     await sink.claim([0])
     await sink.write_book(BookWrite({0: (rows, 1)}))
     _, operator_key = await create_key(engine, "pm-anna", "operator")

@@ -16,9 +16,9 @@ from services.common.auth import create_key
 from services.common.db import make_engine
 from services.common.history import record_alert_change
 from services.common.migrate import ensure_schema
-from tests.conftest import Service, eventually, free_port
-from tests.factories import alert_event
-from tests.pipeline_util import api_ready
+from tests.support.factories import alert_event
+from tests.support.pipeline_util import api_ready
+from tests.support.processes import Service, eventually, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,11 @@ import pytest
 
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
-from services.scorer.book import BookWrite
+from services.domain.book import BookWrite
+from services.domain.rates import Counts
 from services.scorer.sink import DbSink
-from tests.conftest import Service, eventually, free_port
-from tests.pipeline_util import api_ready
+from tests.support.pipeline_util import api_ready
+from tests.support.processes import Service, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +33,7 @@ async def test_rates_answers_are_shared_then_refreshed(
     async def write(verdicts: int) -> None:
         """The bucket's verdicts brought to ``verdicts`` (a write of the difference)."""
         state["offset"] += 1
-        row = [verdicts - state["verdicts"], 1 if state["offset"] == 1 else 0] + [0] * 10
+        row = Counts(verdicts=verdicts - state["verdicts"], errors=1 if state["offset"] == 1 else 0)
         state["verdicts"] = verdicts
         await sink.write_book(BookWrite({0: ({("SCAMS_AND_FRAUD", "V01", "DE", minute): row}, state["offset"])}))
 

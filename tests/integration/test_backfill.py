@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Service, eventually, free_port
-from tests.scorerutil import alert_rows, exact, put_on_events_topic
-from tests.streams import make_stream
+from tests.support.processes import Service, eventually, free_port
+from tests.support.scorerutil import alert_rows, exact, put_on_events_topic
+from tests.support.streams import make_stream
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ OLD, NEW = ("LABEL_1", "V1"), ("LABEL_2", "V2")
 async def test_a_backfill_records_old_alerts_pages_only_current_ones_and_reports_its_progress(
     service_env: dict[str, str], database_url: str, spawn: Callable[..., Service]
 ) -> None:
-    from tests.receivers import Recorder
+    from tests.support.receivers import Recorder
 
     hook_port = free_port()
     env = {

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import bucket_owners, make_engine, rate_buckets
 from services.common.migrate import ensure_schema
-from services.scorer.book import BookWrite
-from services.scorer.rates import COUNT_FIELDS, BucketKey, Counts
+from services.domain.book import BookWrite
+from services.domain.rates import BucketKey, Counts
 from services.scorer.sink import DbSink
 
 pytestmark = pytest.mark.integration
@@ -28,9 +28,7 @@ def rows(*cells: tuple[str, int, int] | tuple[str, int, int, float]) -> dict[Buc
     """{(vendor, minute): counts} with the verdicts (and weighted verdicts) given."""
     out: dict[BucketKey, Counts] = {}
     for vendor, minute, verdicts, *weighted in cells:
-        counts: Counts = [0] * len(COUNT_FIELDS)
-        counts[0] = verdicts
-        counts[COUNT_FIELDS.index("weighted_verdicts")] = weighted[0] if weighted else 0.0
+        counts = Counts(verdicts=verdicts, weighted_verdicts=weighted[0] if weighted else 0.0)
         out[("ip.trademark/counterfeit", vendor, "DE", T0 + minute * MINUTE)] = counts
     return out
 

@@ -14,14 +14,14 @@ import httpx
 import pytest
 
 from services.common.auth import create_key
-from services.common.broker import start_broker
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
-from services.common.wire import decode_batch
-from tests import factories
-from tests.conftest import Service, eventually, free_port
-from tests.kafkautil import consume_all
-from tests.pipeline_util import Mismatch
+from services.contracts.batches import decode_batch
+from services.devtools.broker import start_broker
+from tests.support import factories
+from tests.support.kafkautil import consume_all
+from tests.support.pipeline_util import Mismatch
+from tests.support.processes import Service, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -131,8 +131,8 @@ async def test_scorer_rides_out_a_broker_outage(
 ) -> None:
     """The scorer with the broker away for 30 s between two halves of a stream: not ready while
     it is away, the same process carries on afterwards, and every count is exact."""
-    from tests.scorerutil import exact, put_on_events_topic, scorer_metric
-    from tests.streams import Stream, make_stream
+    from tests.support.scorerutil import exact, put_on_events_topic, scorer_metric
+    from tests.support.streams import Stream, make_stream
 
     broker_port, proxy_port = free_port(), free_port()
     proxy = Proxy(proxy_port, broker_port)

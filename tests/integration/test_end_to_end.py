@@ -15,11 +15,11 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Service, eventually, free_port
-from tests.kafkautil import consume_all, produce
-from tests.observability import panel_queries, promtool
-from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, make_key, matches
-from tests.receivers import Recorder
+from tests.support.kafkautil import consume_all, produce
+from tests.support.observability import panel_queries, promtool
+from tests.support.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, make_key, matches
+from tests.support.processes import Service, eventually, free_port
+from tests.support.receivers import Recorder
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Service, eventually, free_port
-from tests.scorerutil import assert_one_alert_for_the_drifting_pair, exact, put_on_events_topic, scorer_metric
-from tests.streams import make_stream, redelivered_and_shuffled
+from tests.support.processes import Service, eventually, free_port
+from tests.support.scorerutil import assert_one_alert_for_the_drifting_pair, exact, put_on_events_topic, scorer_metric
+from tests.support.streams import make_stream, redelivered_and_shuffled
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import pytest
 from services.common.auth import create_key
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
-from services.common.wire import WireDecision, WireVerdict, decode_batch
+from services.contracts.batches import WireDecision, WireVerdict, decode_batch
 from services.ingest.http import create_ingest_app
 from services.ingest.service import IngestService
-from tests import factories
-from tests.kafkautil import consume_all, produce
-from tests.pipeline_util import ingest_settings as settings
+from tests.support import factories
+from tests.support.kafkautil import consume_all, produce
+from tests.support.pipeline_util import ingest_settings as settings
 
 pytestmark = pytest.mark.integration
 
@@ -140,5 +140,7 @@ async def test_http_batch_accepts_valid_events_and_reports_invalid_ones(
             assert int(limited[0].headers["retry-after"]) >= 1
     finally:
         await service.stop()
-    raw = await consume_all(s.kafka_bootstrap_servers, s.topic_decisions, 2)
-    assert sorted(orjson.loads(r.value)["decision_id"] for r in raw) == ["h1", "h3"]
+    # The valid events go straight onto the scorer's topic (validated once), not back upstream.
+    batches = await consume_all(s.kafka_bootstrap_servers, s.topic_events, 1)
+    assert sorted(ev.decision_id for r in batches for ev in decode_batch(r.value)) == ["h1", "h3"]
+    assert await consume_all(s.kafka_bootstrap_servers, s.topic_decisions, 1, timeout=3) == []

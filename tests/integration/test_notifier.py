@@ -14,15 +14,15 @@ import httpx
 import msgspec
 import pytest
 
-from services.common.actions import AlertAction, encode_action, new_action
 from services.common.db import make_engine
 from services.common.history import record_alert_change
 from services.common.migrate import ensure_schema
-from services.scorer.alerts import AlertEvent
-from tests.conftest import Service, eventually, free_port
-from tests.factories import alert_event
-from tests.kafkautil import produce
-from tests.receivers import Recorder, check_payloads
+from services.contracts.actions import AlertAction, encode_action, new_action
+from services.contracts.alerts import AlertEvent
+from tests.support.factories import alert_event
+from tests.support.kafkautil import produce
+from tests.support.processes import Service, eventually, free_port
+from tests.support.receivers import Recorder, check_payloads
 
 pytestmark = pytest.mark.integration
 

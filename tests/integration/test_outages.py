@@ -14,9 +14,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Service, eventually, free_port
-from tests.kafkautil import consume_all, produce
-from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+from tests.support.kafkautil import consume_all, produce
+from tests.support.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+from tests.support.processes import Service, eventually, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -23,14 +23,14 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from services.common.wire import WireDecision, WireVerdict, encode_batch, partition_for
-from services.scorer.alerts import dedup_key
-from tests import factories
-from tests.conftest import Service, eventually, free_port
-from tests.kafkautil import produce
-from tests.observability import promtool
-from tests.pipeline_util import AS_OF, Mismatch, api_ready, make_key
-from tests.receivers import Recorder
+from services.contracts.alerts import dedup_key
+from services.contracts.batches import WireDecision, WireVerdict, encode_batch, partition_for
+from tests.support import factories
+from tests.support.kafkautil import produce
+from tests.support.observability import promtool
+from tests.support.pipeline_util import AS_OF, Mismatch, api_ready, make_key
+from tests.support.processes import Service, eventually, free_port
+from tests.support.receivers import Recorder
 
 pytestmark = pytest.mark.integration
 

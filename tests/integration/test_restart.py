@@ -8,9 +8,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Service, eventually, free_port
-from tests.kafkautil import produce
-from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+from tests.support.kafkautil import produce
+from tests.support.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, matches
+from tests.support.processes import Service, eventually, free_port
 
 
 # A restarted scorer that finds a partition stalled exits for its supervisor to restart it (the
@@ -19,8 +19,8 @@ from tests.pipeline_util import DRIFT, STABLE, Traffic, alerts, api_ready, match
 # processed against what ingest produced, and where its tasks wait, should one ever fail.
 async def diagnose(env: dict[str, str]) -> str:
     """What the scorer processed versus what ingest produced, for a failure message."""
-    from services.common.wire import decode_batch
-    from tests.kafkautil import consume_all
+    from services.contracts.batches import decode_batch
+    from tests.support.kafkautil import consume_all
 
     records = await consume_all(env["MODQ_KAFKA_BOOTSTRAP_SERVERS"], env["MODQ_TOPIC_EVENTS"], 1, timeout=10)
     per_partition: dict[int, list[int]] = {}

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from tests.conftest import Service, eventually, free_port
-from tests.pipeline_util import Traffic, api_ready, matches
-from tests.scorerutil import assert_one_alert_for_the_drifting_pair, exact, put_on_events_topic, scorer_metric
-from tests.streams import make_stream
+from tests.support.pipeline_util import Traffic, api_ready, matches
+from tests.support.processes import Service, eventually, free_port
+from tests.support.scorerutil import assert_one_alert_for_the_drifting_pair, exact, put_on_events_topic, scorer_metric
+from tests.support.streams import make_stream
 
 pytestmark = pytest.mark.integration
 

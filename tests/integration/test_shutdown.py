@@ -11,10 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from services.common.wire import decode_batch
-from tests import factories
-from tests.conftest import Service, free_port
-from tests.kafkautil import consume_all, produce
+from services.contracts.batches import decode_batch
+from tests.support import factories
+from tests.support.kafkautil import consume_all, produce
+from tests.support.processes import Service, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka import Producer
 
-from services.common.wire import WireDecision, WireVerdict, decode_batch
+from services.contracts.batches import WireDecision, WireVerdict, decode_batch
 from services.ingest.http import create_ingest_app
 from services.ingest.service import IngestService
-from tests import factories
-from tests.conftest import eventually
-from tests.kafkautil import consume_all
-from tests.pipeline_util import ingest_settings as settings
+from tests.support import factories
+from tests.support.kafkautil import consume_all
+from tests.support.pipeline_util import ingest_settings as settings
+from tests.support.processes import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,189 @@
+"""The API's request and response models (pydantic), shared by the routers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, field_validator
+
+Window = Literal["1h", "24h", "7d"]
+AlertState = Literal["firing", "acknowledged", "resolved"]
+"""The state of an alert record: an alert event's status, or acknowledged by a person."""
+
+
+class RateItem(BaseModel):
+    policy_label: str
+    vendor_id: str
+    market: str | None = Field(None, description="set when the rates are split or filtered by market")
+    window: Window
+    window_start: datetime
+    window_end: datetime
+    verdicts: int
+    errors: int
+    error_rate: float | None
+    ci_low: float
+    ci_high: float
+    by_error_type: dict[str, int]
+    unable_to_judge: int
+    decisions: int
+    appeals: int
+    overturned: int
+    weighted_error_rate: float | None
+
+
+class RateList(BaseModel):
+    items: list[RateItem]
+
+
+class AlertItem(BaseModel):
+    alert_id: str
+    dedup_key: str
+    rule: str
+    policy_label: str
+    vendor_id: str
+    error_type: str
+    status: AlertState
+    started_at: datetime
+    onset_at: datetime
+    resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    resolved_by: str | None = None
+    baseline_rate: float
+    observed_rate: float
+    ci_low: float
+    ci_high: float
+    verdicts: int
+    errors: int
+    summary: str
+    historical: bool = Field(False, description="raised while catching up on old history: recorded, not paged")
+    links: dict[str, str]
+
+
+class AlertList(BaseModel):
+    items: list[AlertItem]
+    next_cursor: str | None = None
+
+
+class RebaselineRequest(BaseModel):
+    rule: Literal["error_rate", "over_enforcement", "under_enforcement"] | None = Field(
+        None, description="one rule, or every rule of the pair when omitted"
+    )
+    rate: float | None = Field(None, gt=0, lt=1, description="the new baseline; learned again from now when omitted")
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    detail: str
+
+
+def _no_nul(v: str | None) -> str | None:
+    if v is not None and "\x00" in v:
+        raise ValueError("NUL characters are not allowed")
+    return v
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+HANDLE = Field(
+    None, min_length=1, max_length=128, description="who acts (a handle, not an email); default: the key's name"
+)
+COMMENT = Field(None, max_length=2000)
+
+
+class AckRequest(BaseModel):
+    by: Text | None = HANDLE
+    comment: Text | None = COMMENT
+
+
+class ResolveRequest(BaseModel):
+    by: Text | None = HANDLE
+    comment: Text | None = COMMENT
+
+
+class CommentRequest(BaseModel):
+    by: Text | None = HANDLE
+    comment: Text = Field(..., min_length=1, max_length=2000)
+
+
+class SilenceRequest(BaseModel):
+    until: AwareDatetime = Field(..., description="notifications for the pair are held back until this time")
+    by: Text | None = HANDLE
+    comment: Text | None = COMMENT
+
+    @field_validator("until")
+    @classmethod
+    def _in_the_future(cls, v: datetime) -> datetime:
+        if v <= datetime.now(tz=UTC):
+            raise ValueError("until must be in the future")
+        return v
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad request (e.g. an invalid cursor)"),
+        (401, "no valid API key"),
+        (403, "the key's role may not do this"),
+        (404, "no such alert"),
+        (503, "the database or Kafka is unavailable; retry later"),
+    )
+}
+
+
+class HistoryItem(BaseModel):
+    event_id: str
+    alert_id: str | None
+    policy_label: str
+    vendor_id: str
+    rule: str | None
+    action: str
+    actor: str
+    key_id: str | None
+    at: datetime
+    until: datetime | None
+    comment: str | None
+    detail: str
+    recorded_at: datetime
+
+
+class HistoryList(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None = None
+
+
+class SilenceItem(BaseModel):
+    policy_label: str
+    vendor_id: str
+    until: datetime
+    created_by: str
+    created_at: datetime
+    comment: str | None
+
+
+EXPORT_COLUMNS = (
+    "alert_id",
+    "rule",
+    "policy_label",
+    "vendor_id",
+    "error_type",
+    "status",
+    "started_at",
+    "onset_at",
+    "resolved_at",
+    "acknowledged_at",
+    "acknowledged_by",
+    "resolved_by",
+    "baseline_rate",
+    "observed_rate",
+    "ci_low",
+    "ci_high",
+    "verdicts",
+    "errors",
+    "summary",
+    "historical",
+)

@@ -1,0 +1,248 @@
+"""Joins verdicts and appeals to their decision, whichever arrives first. Pure, no I/O.
+
+State is one small record per decision_id. Every update is idempotent and independent of
+arrival order: a redelivered event changes nothing, a superseding verdict replaces the one
+it supersedes (without an explicit link the verdict with the later event time wins), so
+replaying or shuffling a stream yields the same counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from services.contracts.batches import WireAppeal, WireDecision, WireEvent, WireVerdict
+from services.contracts.codes import (
+    INCORRECT,
+    OVER_ENFORCEMENT,
+    OVERTURNING_OUTCOMES,
+    UNABLE_TO_JUDGE,
+    UNDER_ENFORCEMENT,
+    WRONG_ACTION,
+    WRONG_LABEL,
+)
+from services.domain.rates import BucketKey, Counts, bucket_start
+
+
+class DecisionAttrs(msgspec.Struct, array_like=True, gc=False):
+    policy_label: str
+    vendor_id: str
+    market: str
+    t_ms: int
+
+
+class CurrentVerdict(msgspec.Struct, array_like=True, gc=False):
+    verdict_id: str
+    code: int
+    error_type: int
+    t_ms: int
+    weight: float
+    supersedes: str
+    fed: bool = False
+
+
+class DecisionState(msgspec.Struct, array_like=True, gc=False):
+    """What is known of one decision: attributes (once seen), current verdict, appeals."""
+
+    attrs: DecisionAttrs | None = None
+    verdict: CurrentVerdict | None = None
+    appeals: dict[str, tuple[int, int]] | None = None  # appeal_id -> (outcome, t_ms)
+    touched_ms: int = 0
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(DecisionState)
+
+
+def encode_state(state: DecisionState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> DecisionState:
+    return _state_decoder.decode(raw)
+
+
+def touched_ms(raw: bytes) -> int:
+    """Event time of the newest event applied to an encoded state, without decoding all of it.
+
+    ``touched_ms`` is the state's last field; an event time in ms (past 2**32) is encoded as
+    msgpack uint64 (0xcf and eight bytes), read straight off the end. Anything else is decoded.
+    """
+    if len(raw) > 9 and raw[-9] == 0xCF:
+        return int.from_bytes(raw[-8:], "big")
+    return _state_decoder.decode(raw).touched_ms
+
+
+def expired(states: Iterable[tuple[bytes, bytes]], cutoff_ms: int) -> list[bytes]:
+    """Keys of the (key, encoded state) pairs whose newest event is older than ``cutoff_ms``."""
+    return [key for key, raw in states if touched_ms(raw) < cutoff_ms]
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedVerdict:
+    """One judged verdict, fed to the drift detectors of its (policy_label, vendor_id) pair."""
+
+    policy_label: str
+    vendor_id: str
+    t_ms: int
+    is_error: bool
+    error_type: int
+
+
+class Deltas:
+    """Per-batch accumulator of bucket count changes and detector outcomes.
+
+    Most events are new decisions, which change one counter of one bucket: those counts are kept
+    apart in ``decisions`` (an int per bucket), every other change in full rows in ``buckets``.
+    ``rows()`` folds the two together.
+    """
+
+    __slots__ = ("buckets", "decisions", "outcomes")
+
+    def __init__(self) -> None:
+        self.buckets: dict[BucketKey, Counts] = {}
+        self.decisions: dict[BucketKey, int] = {}
+        self.outcomes: list[JudgedVerdict] = []
+
+    def rows(self) -> dict[BucketKey, Counts]:
+        """Every bucket's changes as a full row of counts."""
+        merged = {key: row.copy() for key, row in self.buckets.items()}
+        for key, n in self.decisions.items():
+            row = merged.get(key)
+            if row is None:
+                row = merged[key] = Counts()
+            row.decisions += n
+        return merged
+
+    def _row(self, attrs: DecisionAttrs, t_ms: int) -> Counts:
+        key = (attrs.policy_label, attrs.vendor_id, attrs.market, bucket_start(t_ms))
+        row = self.buckets.get(key)
+        if row is None:
+            row = self.buckets[key] = Counts()
+        return row
+
+    def decision(self, attrs: DecisionAttrs) -> None:
+        key = (attrs.policy_label, attrs.vendor_id, attrs.market, bucket_start(attrs.t_ms))
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+
+    def verdict(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
+        row = self._row(attrs, v.t_ms)
+        if v.code == UNABLE_TO_JUDGE:
+            row.unable_to_judge += sign
+            return
+        row.verdicts += sign
+        row.weighted_verdicts += sign * v.weight
+        if v.code == INCORRECT:
+            row.errors += sign
+            row.weighted_errors += sign * v.weight
+            error_type = v.error_type
+            if error_type == OVER_ENFORCEMENT:
+                row.over_enforcement += sign
+            elif error_type == UNDER_ENFORCEMENT:
+                row.under_enforcement += sign
+            elif error_type == WRONG_LABEL:
+                row.wrong_label += sign
+            elif error_type == WRONG_ACTION:
+                row.wrong_action += sign
+
+    def appeal(self, attrs: DecisionAttrs, outcome: int, t_ms: int) -> None:
+        row = self._row(attrs, t_ms)
+        row.appeals += 1
+        if outcome in OVERTURNING_OUTCOMES:
+            row.overturned += 1
+
+    def feed_detector(self, attrs: DecisionAttrs, v: CurrentVerdict) -> None:
+        """Detectors see each decision's first judged verdict once; corrections only fix counts."""
+        if v.code == UNABLE_TO_JUDGE or v.fed:
+            return
+        v.fed = True
+        self.outcomes.append(
+            JudgedVerdict(attrs.policy_label, attrs.vendor_id, v.t_ms, v.code == INCORRECT, v.error_type)
+        )
+
+
+def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
+    """True when verdict `new` should replace verdict `cur`, whatever order they came in."""
+    if new.supersedes == cur.verdict_id:
+        return True
+    if cur.supersedes == new.verdict_id:
+        return False
+    return (new.t_ms, new.verdict_id) > (cur.t_ms, cur.verdict_id)
+
+
+def new_decision(ev: WireDecision, deltas: Deltas) -> DecisionState:
+    """The state of a decision seen first (the common case, so kept to the least work)."""
+    attrs = DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, ev.t_ms)
+    deltas.decision(attrs)
+    return DecisionState(attrs, None, None, ev.t_ms)
+
+
+def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> tuple[DecisionState, bool]:
+    """Apply one wire event to a decision's state; returns (state, changed)."""
+    if state is None:
+        state = DecisionState()
+    if isinstance(ev, WireDecision):
+        if state.attrs is not None:
+            return state, False
+        attrs = state.attrs = DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, ev.t_ms)
+        deltas.decision(attrs)
+        if state.verdict is not None:
+            deltas.verdict(attrs, state.verdict, +1)
+            deltas.feed_detector(attrs, state.verdict)
+        for outcome, a_ms in (state.appeals or {}).values():
+            deltas.appeal(attrs, outcome, a_ms)
+    elif isinstance(ev, WireVerdict):
+        new = CurrentVerdict(ev.verdict_id, ev.code, ev.error_type, ev.t_ms, ev.weight, ev.supersedes)
+        cur = state.verdict
+        if cur is not None and (cur.verdict_id == new.verdict_id or not _replaces(new, cur)):
+            return state, False
+        if state.attrs is not None:
+            if cur is not None:
+                deltas.verdict(state.attrs, cur, -1)
+                new.fed = cur.fed
+            deltas.verdict(state.attrs, new, +1)
+            deltas.feed_detector(state.attrs, new)
+        elif cur is not None:
+            new.fed = cur.fed
+        state.verdict = new
+    elif isinstance(ev, WireAppeal):
+        appeals = state.appeals if state.appeals is not None else {}
+        if ev.appeal_id in appeals:
+            return state, False
+        appeals[ev.appeal_id] = (ev.outcome, ev.t_ms)
+        state.appeals = appeals
+        if state.attrs is not None:
+            deltas.appeal(state.attrs, ev.outcome, ev.t_ms)
+    state.touched_ms = max(state.touched_ms, ev.t_ms)
+    return state, True
+
+
+Load = Callable[[bytes], bytes | None]
+
+
+def score_batch(events: list[WireEvent], load: Load, into: Deltas | None = None) -> tuple[dict[bytes, bytes], Deltas]:
+    """Apply a batch to decision state; returns the changed state records and the deltas.
+
+    ``into`` accumulates the deltas of several batches (fewer, fuller bucket rows to add up);
+    the outcomes of this batch are then the ones appended past its length before the call.
+    """
+    deltas = Deltas() if into is None else into
+    states: dict[bytes, DecisionState] = {}
+    changed: set[bytes] = set()
+    for ev in events:
+        key = ev.decision_id.encode()
+        state = states.get(key)
+        if state is None:
+            raw = load(key)
+            if raw is None and type(ev) is WireDecision:
+                states[key] = new_decision(ev, deltas)
+                changed.add(key)
+                continue
+            state = decode_state(raw) if raw is not None else None
+        state, did_change = apply_event(state, ev, deltas)
+        states[key] = state
+        if did_change:
+            changed.add(key)
+    return {k: encode_state(states[k]) for k in changed}, deltas

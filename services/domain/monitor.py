@@ -1,0 +1,304 @@
+"""Alert lifecycle for one (rule, policy_label, vendor_id): fire on drift, resolve with hysteresis.
+
+Pure and deterministic: time comes in with each verdict (its event time), nothing is read from
+a clock. An alert fires on the detector's alarm and resolves only when a downward CUSUM finds
+enough evidence that the rate is back at baseline, not on the first good verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from services.contracts.alerts import (
+    RULE_ERROR_RATE,
+    RULE_ERROR_TYPES,
+    RULE_OVER,
+    RULE_UNDER,
+    AlertEvent,
+    AlertStatus,
+    dedup_key,
+    iso,
+)
+from services.contracts.codes import OVER_ENFORCEMENT, UNDER_ENFORCEMENT
+from services.domain.detectors import (
+    MIXTURE,
+    BernoulliRecovery,
+    MixtureShiryaevRoberts,
+    arl0_for_budget,
+    mixture_design,
+)
+from services.domain.rates import wilson_interval
+
+ALERT_NAMESPACE = uuid.UUID("5b0f7d8e-3c1e-4a51-9d7a-6f3f0f6a2a11")
+
+LEARNING_Z = 1.2816  # one-sided 90% (two-sided 80%) normal quantile
+RESOLVE_Z = 1.0
+"""The downward test asks whether the rate is back at baseline rather than still at the rate observed
+since onset plus this many standard errors (see ``PairMonitor.still_rate``)."""
+SMALLEST_SHIFT = min(k for k, _ in MIXTURE)
+
+
+def rule_hit(rule: str, is_error: bool, error_type: int) -> bool:
+    """Whether a judged verdict counts as a hit for a rule's Bernoulli stream."""
+    if rule == RULE_ERROR_RATE:
+        return is_error
+    return is_error and error_type == (OVER_ENFORCEMENT if rule == RULE_OVER else UNDER_ENFORCEMENT)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorPolicy:
+    """How monitors pick their baseline and false-alarm rate (from ScorerSettings)."""
+
+    baseline_mode: Literal["learned", "sla"] = "learned"
+    sla_rates: tuple[tuple[str, float], ...] = ((RULE_ERROR_RATE, 0.03), (RULE_OVER, 0.015), (RULE_UNDER, 0.01))
+    baseline_verdicts: int = 10_000
+    min_verdicts_to_detect: int = 1_000
+    prior_strength: float = 200.0
+    arl0: float | None = 100_000.0
+    false_alerts_per_day: float = 1.0
+    monitors_in_fleet: int = 960
+    min_arl0: float = 5_000.0
+    resolve_threshold: float = 6.0
+
+    def sla(self, rule: str) -> float:
+        return dict(self.sla_rates)[rule]
+
+
+class MonitorState(msgspec.Struct, array_like=True):
+    """Persisted state of one PairMonitor."""
+
+    episode: int = 0
+    firing: bool = False
+    started_ms: int = 0
+    onset_ms: int = 0
+    candidate_onset_ms: int = 0  # before the mixture detector: the doubling CUSUM's (read once)
+    since_onset_n: int = 0
+    since_onset_errors: int = 0
+    recovery: float = 0.0
+    cusum: tuple[float, int, int] = (0.0, 0, 0)  # the doubling's onset CUSUM (older releases read this)
+    base_n: int = 0
+    base_errors: int = 0
+    baseline: float = 0.0  # frozen baseline; 0 while still learning
+    baseline_source: str = "learning"
+    first_ms: int = 0
+    total_n: int = 0
+    detector: tuple[float, ...] = ()  # MixtureShiryaevRoberts.to_state(); empty: from cusum
+    candidate_onsets_ms: tuple[int, ...] = ()  # per shift: when its onset CUSUM last left zero
+    announced: bool = True  # the firing alert went out as current (not history): see ``announce``
+
+
+@dataclass(slots=True)
+class PairMonitor:
+    """Detector plus alert state for one rule on one (policy_label, vendor_id) pair."""
+
+    rule: str
+    policy_label: str
+    vendor_id: str
+    policy: MonitorPolicy = field(default_factory=MonitorPolicy)
+    state: MonitorState = field(default_factory=MonitorState)
+    detector: MixtureShiryaevRoberts | None = field(init=False, default=None)
+    _design: tuple[float, float] = field(init=False, default=(0.0, 0.0))
+    _recovery: BernoulliRecovery | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        st = self.state
+        if len(st.candidate_onsets_ms) != 3:
+            st.candidate_onsets_ms = (st.candidate_onset_ms,) * 3
+        self._refresh()
+
+    @property
+    def dedup_key(self) -> str:
+        return dedup_key(self.rule, self.policy_label, self.vendor_id)
+
+    def alert_id(self) -> str:
+        return str(uuid.uuid5(ALERT_NAMESPACE, f"{self.dedup_key}|{self.state.episode}"))
+
+    # -- baseline and false-alarm rate ----------------------------------------------------
+
+    def baseline_rate(self) -> float:
+        st, pol = self.state, self.policy
+        if st.baseline > 0:
+            return st.baseline
+        if pol.baseline_mode == "sla":
+            return pol.sla(self.rule)
+        # Learning: the pair's own rate shrunk toward the configured one, and taken at its upper
+        # 80% confidence bound so an under-estimate from little data does not page anyone.
+        k = pol.prior_strength
+        _, high = wilson_interval(st.base_errors + k * pol.sla(self.rule), st.base_n + k, z=LEARNING_Z)
+        return high
+
+    def baseline_source(self) -> str:
+        """Where the baseline comes from: operator, learned (frozen), sla, or learning."""
+        if self.state.baseline > 0:
+            return self.state.baseline_source
+        return "sla" if self.policy.baseline_mode == "sla" else "learning"
+
+    def detecting(self) -> bool:
+        st, pol = self.state, self.policy
+        return pol.baseline_mode == "sla" or st.baseline > 0 or st.base_n >= pol.min_verdicts_to_detect
+
+    def arl0(self, t_ms: int) -> float:
+        pol, st = self.policy, self.state
+        if pol.arl0 is not None:
+            return pol.arl0
+        span_days = max(t_ms - st.first_ms, 3_600_000) / 86_400_000
+        return arl0_for_budget(st.total_n / span_days, pol.monitors_in_fleet, pol.false_alerts_per_day, pol.min_arl0)
+
+    def _refresh(self, t_ms: int = 0) -> None:
+        """(Re)build the detector when its baseline or ARL0 moved; its statistics carry over."""
+        p0, arl0 = self.baseline_rate(), self.arl0(t_ms)
+        old_p0, old_arl = self._design
+        if self.detector is not None and abs(p0 - old_p0) <= 0.02 * old_p0 and abs(arl0 - old_arl) <= 0.1 * old_arl:
+            return
+        self._design = (p0, arl0)
+        if self.detector is not None:
+            carried = self.detector.to_state()
+        else:
+            carried = list(self.state.detector) if self.state.detector else list(self.state.cusum)
+        self.detector = MixtureShiryaevRoberts(*mixture_design(p0, arl0))
+        self.detector.load_state(carried)
+        self._recovery = BernoulliRecovery(self.detector.p0, self.detector.p1, self.policy.resolve_threshold)
+
+    def still_rate(self) -> float:
+        """The alternative of the downward test that resolves an alert: the rate observed since onset
+        (the verdicts since the recovery began included, so the test adapts as they come) plus
+        ``RESOLVE_Z`` standard errors, no lower than the smallest shift the detector pages for and no
+        higher than a doubling. Against a fixed doubling, a persisting 1.5x shift, which lies between
+        the two rates, resolved and fired again about once per 5,000 verdicts; the observed rate keeps
+        the alert firing while the shift persists, at the cost of a slower resolution after a real
+        recovery from a small shift (docs/benchmarks.md, resolution).
+        """
+        d, st = self.detector, self.state
+        assert d is not None
+        n = max(st.since_onset_n, 1)
+        rate = st.since_onset_errors / n
+        rate += RESOLVE_Z * math.sqrt(max(rate, d.p0) * (1 - rate) / n)
+        return min(max(rate, SMALLEST_SHIFT * d.p0), d.p1)
+
+    def snapshot(self) -> MonitorState:
+        assert self.detector is not None
+        d = self.detector
+        self.state.detector = tuple(d.to_state())
+        self.state.cusum = (d.s[1], d.n[1], d.errors[1])
+        return self.state
+
+    def statistic(self) -> float:
+        """The detector's statistic (log of its Shiryaev-Roberts sum), for the metrics."""
+        assert self.detector is not None
+        return self.detector.statistic
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def announce(self, t_ms: int) -> AlertEvent | None:
+        """A firing alert raised as history, announced again as current, once (the verdict at
+        ``t_ms`` is recent enough to page for)."""
+        st = self.state
+        if not st.firing or st.announced:
+            return None
+        st.announced = True
+        return self._event("firing", t_ms)
+
+    def update(self, hit: bool, t_ms: int, historical: bool = False) -> AlertEvent | None:
+        """Feed one judged verdict (hit: it is an error of this rule's kind; ``historical``: its
+        event time is older than the paging horizon)."""
+        st, pol = self.state, self.policy
+        if st.first_ms == 0:
+            st.first_ms = t_ms
+        st.total_n += 1
+        if not st.firing and st.baseline == 0:
+            st.base_n += 1
+            st.base_errors += hit
+            if pol.baseline_mode == "learned" and st.base_n >= pol.baseline_verdicts:
+                st.baseline, st.baseline_source = st.base_errors / st.base_n, "learned"
+        if st.total_n % 256 == 1 or st.base_n == pol.min_verdicts_to_detect:
+            self._refresh(t_ms)
+        if not self.detecting():
+            return None
+        d = self.detector
+        assert d is not None
+        d.update(hit)
+        if 1 in d.n:  # an onset CUSUM just left zero: a possible change point for its shift
+            started = d.started()
+            st.candidate_onsets_ms = tuple(t_ms if k in started else v for k, v in enumerate(st.candidate_onsets_ms))
+        if st.firing:
+            st.since_onset_n += 1
+            st.since_onset_errors += hit
+            recovery = self._recovery
+            assert recovery is not None
+            recovery.against(d.p0, self.still_rate())
+            recovery.r = st.recovery
+            resolved = recovery.update(hit)
+            st.recovery = recovery.r
+            if resolved:
+                st.firing = False
+                return self._event("resolved", t_ms, historical=historical)
+            return None
+        if d.drift_detected:
+            change = d.last_change
+            assert change is not None
+            st.episode += 1
+            st.firing = True
+            st.started_ms = t_ms
+            st.onset_ms = t_ms if change.verdicts == 1 else st.candidate_onsets_ms[change.component]
+            st.since_onset_n, st.since_onset_errors = change.verdicts, change.errors
+            st.recovery = 0.0
+            st.announced = not historical
+            return self._event("firing", t_ms, historical=historical)
+        return None
+
+    def rebaseline(self, rate: float | None, t_ms: int) -> AlertEvent | None:
+        """Operator request: set the baseline (rate) or learn it again from now (None)."""
+        st = self.state
+        if rate is None:
+            st.base_n, st.base_errors, st.baseline, st.baseline_source = 0, 0, 0.0, "learning"
+        else:
+            st.baseline, st.baseline_source = rate, "operator"
+        assert self.detector is not None
+        self.detector.reset()
+        self._design = (0.0, 0.0)
+        self._refresh(t_ms)
+        if st.firing:
+            st.firing = False
+            return self._event("resolved", t_ms, note="re-baselined by an operator")
+        return None
+
+    def _event(self, status: AlertStatus, t_ms: int, note: str = "", historical: bool = False) -> AlertEvent:
+        st, d = self.state, self.detector
+        assert d is not None
+        n, e = st.since_onset_n, st.since_onset_errors
+        rate = e / n if n else 0.0
+        low, high = wilson_interval(e, n)
+        what = "error rate" if self.rule == RULE_ERROR_RATE else self.rule.replace("_", "-") + " rate"
+        moved = "rose" if status == "firing" else "recovered"
+        summary = (
+            f"{self.policy_label} / {self.vendor_id}: {what} {moved}: {rate:.1%} "
+            f"(95% CI {low:.1%}-{high:.1%}) on {n} verdicts since {iso(st.onset_ms)}, "
+            f"baseline {d.p0:.1%} ({self.baseline_source()})" + (f"; {note}" if note else "")
+        )
+        return AlertEvent(
+            alert_id=self.alert_id(),
+            dedup_key=self.dedup_key,
+            rule=self.rule,
+            status=status,
+            policy_label=self.policy_label,
+            vendor_id=self.vendor_id,
+            error_type=RULE_ERROR_TYPES[self.rule],
+            started_at=iso(st.started_ms),
+            onset_at=iso(st.onset_ms),
+            resolved_at=iso(t_ms) if status == "resolved" else None,
+            baseline_rate=d.p0,
+            observed_rate=rate,
+            ci_low=low,
+            ci_high=high,
+            verdicts=n,
+            errors=e,
+            statistic=(d.last_change.statistic if d.last_change else d.h) if status == "firing" else st.recovery,
+            threshold=d.h if status == "firing" else self.policy.resolve_threshold,
+            summary=summary,
+            historical=historical,
+        )
