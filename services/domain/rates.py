@@ -63,7 +63,8 @@ class Counts(msgspec.Struct, array_like=True, gc=False):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Counts:
         """Counts from a mapping of column names (a database row of sums; NULL reads as 0)."""
-        return cls(*(row[name] or 0 for name in COUNT_FIELDS))
+        counts = [int(row[name] or 0) for name in COUNT_FIELDS[:-2]]  # (PostgreSQL sums bigints as numeric)
+        return cls(*counts, *(float(row[name] or 0.0) for name in COUNT_FIELDS[-2:]))
 
 
 COUNT_FIELDS: Final = Counts.__struct_fields__

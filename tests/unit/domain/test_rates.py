@@ -26,3 +26,16 @@ def test_summary_rate() -> None:
     c = Counts(verdicts=200, errors=10)
     s = RateSummary.from_counts(c)
     assert s.error_rate == 0.05 and s.ci_low < 0.05 < s.ci_high
+
+
+def test_counts_from_a_row_of_database_sums() -> None:
+    from decimal import Decimal
+
+    from services.domain.rates import COUNT_FIELDS
+
+    row: dict[str, object] = dict.fromkeys(COUNT_FIELDS)  # NULL sums: no buckets in the window
+    row.update(verdicts=Decimal("200"), errors=Decimal("10"), weighted_verdicts=250.5)  # PostgreSQL's types
+    c = Counts.from_row(row)
+    assert (c.verdicts, c.errors, c.decisions, c.weighted_verdicts, c.weighted_errors) == (200, 10, 0, 250.5, 0.0)
+    assert type(c.verdicts) is int and type(c.weighted_errors) is float
+    assert RateSummary.from_counts(c).error_rate == 0.05
