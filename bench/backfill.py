@@ -50,6 +50,10 @@ from aiokafka import AIOKafkaProducer
 from bench.cli import run
 from bench.pg import create_database, drop_database
 from bench.scorer_throughput import (
+    LABELS,
+    MARKETS,
+    T0,
+    VENDORS,
     create_topics,
     decision_event,
     free_port,
@@ -63,10 +67,6 @@ from services.contracts.alerts import dedup_key
 from services.contracts.batches import WireAppeal, WireEvent, WireVerdict
 from services.devtools.broker import start_broker
 
-LABELS = [f"LABEL_{i:02d}" for i in range(40)]
-VENDORS = [f"V{i:02d}" for i in range(8)]
-MARKETS = ["DE", "FR", "ES", "IT", "PL"]
-T0 = 1_795_000_000_000
 OLD_DRIFT = ("LABEL_07", "V03")  # 20% errors for 2 hours from a quarter of the span: history
 NEW_DRIFT = ("LABEL_11", "V05")  # 20% errors in the last 2 hours: raised as history, still firing: news
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -104,6 +105,36 @@ def make_consumer(
     if guard is not None:
         return GuardedConsumer(*topics, health=guard, **opts)
     return AIOKafkaConsumer(*topics, **opts)
+
+
+class Rebalanced(Protocol):
+    """A consumer loop that takes part in its group's rebalances."""
+
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None: ...
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None: ...
+
+
+class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands aiokafka's rebalance callbacks to a consumer loop (``Rebalanced``)."""
+
+    def __init__(self, loop: Rebalanced) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.loop.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.loop.on_assigned(assigned)
+
+
+async def seek_to_committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    """Consume ``tp`` again from its group's committed offset (from the beginning without one)."""
+    committed = await consumer.committed(tp)
+    if committed is None:
+        await consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek(tp, committed)
 
 
 class BrokerWatch:

@@ -22,13 +22,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from services.common.config import ScorerSettings
-from services.common.kafka import make_consumer, make_producer
+from services.common.kafka import RebalanceListener, make_consumer, make_producer, seek_to_committed
 from services.common.unreadable import ConsumerHealth
 from services.contracts.alerts import AlertEvent, encode_alert
 from services.domain.detect import Detection, detect
@@ -96,7 +95,7 @@ class DetectionStage:
             heartbeat_interval_ms=3000,
             group_instance_id=f"{s.scorer_instance_id}-pairs" if s.scorer_instance_id else None,
         )
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        self.consumer.subscribe([self.topic], listener=RebalanceListener(self))
         await self.consumer.start()
         self._task = asyncio.create_task(self._run(), name="modq-detection-stage")
 
@@ -257,14 +256,9 @@ class DetectionStage:
         for p in parts:
             tp = TopicPartition(self.topic, p)
             try:
-                committed = await consumer.committed(tp)
+                await seek_to_committed(consumer, tp)
             except KafkaError:
                 log.exception("reading the committed offset failed")
-                continue
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
 
     def _store(self, p: int) -> PartitionStates:
         return self.states.open(p)
@@ -277,14 +271,3 @@ class DetectionStage:
         if self.producer is None:
             raise RuntimeError("stage not started")
         return self.producer
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, stage: DetectionStage) -> None:
-        self.stage = stage
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.stage.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.stage.on_assigned(assigned)

@@ -37,11 +37,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.common.config import ScorerSettings
-from services.common.kafka import BrokerWatch, make_consumer, make_producer
+from services.common.kafka import BrokerWatch, RebalanceListener, make_consumer, make_producer, seek_to_committed
 from services.common.unreadable import ConsumerHealth, GuardedConsumer
 from services.contracts.pairs import group_outcomes
 from services.domain.book import RateBook, encode_rows
@@ -155,7 +155,7 @@ class DecisionStage:
             max_partition_fetch_bytes=s.scorer_partition_fetch_bytes,
             fetch_max_bytes=16_777_216,
         )
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        self.consumer.subscribe([self.topic], listener=RebalanceListener(self))
         await self.consumer.start()
         self.broker = BrokerWatch(self.producer, "scorer")
         self._tasks = [
@@ -441,11 +441,7 @@ class DecisionStage:
                 await self._recover(parts)
                 for p in parts:
                     tp = TopicPartition(self.topic, p)
-                    committed = await consumer.committed(tp)
-                    if committed is None:
-                        await consumer.seek_to_beginning(tp)
-                    else:
-                        consumer.seek(tp, committed)
+                    await seek_to_committed(consumer, tp)
                 break
             except Exception:
                 log.exception("roll back failed; retrying")
@@ -455,14 +451,3 @@ class DecisionStage:
         if self.producer is None:
             raise RuntimeError("stage not started")
         return self.producer
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, stage: DecisionStage) -> None:
-        self.stage = stage
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.stage.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.stage.on_assigned(assigned)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -46,7 +46,8 @@ class RatesCache:
         self.ttl_s = ttl_s
         self.entries: dict[tuple[object, ...], RatesEntry] = {}
 
-    async def get(self, key: tuple[object, ...], compute: Coroutine[Any, Any, RateList]) -> RateList:
+    async def get(self, key: tuple[object, ...], compute: Callable[[], Coroutine[Any, Any, RateList]]) -> RateList:
+        """The answer for ``key``; ``compute`` is called only when a recomputation is due."""
         entry = self.entries.get(key)
         if entry is None:
             if len(self.entries) >= self.MAX_ENTRIES:
@@ -55,10 +56,8 @@ class RatesCache:
         now = time.monotonic()
         if now >= entry.fresh_until and entry.refreshing is None:
             entry.fresh_until = now + self.ttl_s
-            entry.refreshing = asyncio.create_task(self._refresh(entry, compute))
+            entry.refreshing = asyncio.create_task(self._refresh(entry, compute()))
             entry.refreshing.add_done_callback(_retrieve)
-        else:
-            compute.close()  # not needed: the entry is fresh or being refreshed
         if entry.answer is not None:
             return entry.answer  # (stale by at most the cache time plus one computation)
         assert entry.refreshing is not None
@@ -143,7 +142,10 @@ async def get_rates(
     Answers for "now" (no ``as_of``) are shared between identical requests: one computation
     per ``MODQ_API_RATES_CACHE_S`` seconds, and while it runs the previous answer is served.
     """
-    compute = compute_rates(engine, policy_label, vendor_id, market, window, by_market, as_of)
+
+    def compute() -> Coroutine[Any, Any, RateList]:
+        return compute_rates(engine, policy_label, vendor_id, market, window, by_market, as_of)
+
     if as_of is None and settings.api_rates_cache_s > 0:
         return await cache.get((policy_label, vendor_id, market, window, by_market), compute)
-    return await compute
+    return await compute()
