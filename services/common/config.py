@@ -127,11 +127,15 @@ class ScorerSettings(CommonSettings):
     baseline_over_enforcement_rate: float = Field(0.015, gt=0, lt=1)
     baseline_under_enforcement_rate: float = Field(0.01, gt=0, lt=1)
     baseline_verdicts: int = Field(10_000, ge=100, description="verdicts a learned baseline is frozen after")
-    baseline_min_verdicts: int = Field(1_000, ge=0, description="verdicts before a learning pair is monitored")
+    baseline_min_verdicts: int = Field(
+        0, ge=0, description="verdicts before a learning pair is monitored (0: from its first, held to its prior)"
+    )
     baseline_prior_strength: float = Field(200, ge=0, description="pseudo-verdicts of the prior while learning")
     arl0: float | None = Field(None, gt=10, description="fixed ARL0 per monitor; unset: from the fleet budget")
     false_alerts_per_day: float = Field(1.0, gt=0, description="fleet-wide false-alert budget")
     monitored_pairs: int = Field(320, ge=1, description="(policy_label, vendor_id) pairs in the fleet")
+    monitored_labels: int = Field(40, ge=0, description="policy labels in the fleet (each a label-wide monitor)")
+    monitored_vendors: int = Field(8, ge=0, description="vendors in the fleet (each a vendor-wide monitor)")
     min_arl0: float = Field(5_000, gt=10)
     resolve_threshold: float = Field(6.0, gt=0, description="downward-CUSUM threshold that resolves an alert")
 
@@ -151,7 +155,8 @@ class ScorerSettings(CommonSettings):
             prior_strength=self.baseline_prior_strength,
             arl0=self.arl0,
             false_alerts_per_day=self.false_alerts_per_day,
-            monitors_in_fleet=self.monitored_pairs * len(RULES),
+            # Every scope's monitors share the budget: pairs, labels across vendors, vendors across labels.
+            monitors_in_fleet=(self.monitored_pairs + self.monitored_labels + self.monitored_vendors) * len(RULES),
             min_arl0=self.min_arl0,
             resolve_threshold=self.resolve_threshold,
         )
@@ -224,8 +229,20 @@ class NotifierSettings(CommonSettings):
     alertmanager_url: str | None = Field(None, description="e.g. http://alertmanager:9093; unset: off")
     alertmanager_resend_s: float = Field(60.0, gt=0, description="firing alerts are re-sent this often")
     pagerduty_routing_key: str | None = Field(None, description="Events API v2 integration key; unset: off")
+    pagerduty_routing_key_policy_label: str | None = Field(
+        None, description="routing key for label-wide alerts (the policy team); unset: the default key"
+    )
+    pagerduty_routing_key_vendor: str | None = Field(
+        None, description="routing key for vendor-wide alerts (the vendor's manager); unset: the default key"
+    )
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     slack_webhook_url: str | None = Field(None, description="Slack incoming-webhook URL; unset: off")
+    slack_webhook_url_policy_label: str | None = Field(
+        None, description="Slack webhook for label-wide alerts; unset: the default webhook"
+    )
+    slack_webhook_url_vendor: str | None = Field(
+        None, description="Slack webhook for vendor-wide alerts; unset: the default webhook"
+    )
     webhook_url: str | None = Field(None, description="generic signed webhook; unset: off")
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key for the webhook's signature header")
     notify_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per delivery attempt")

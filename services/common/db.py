@@ -86,10 +86,77 @@ alerts = Table(
     Column("threshold", Float, nullable=False),
     Column("summary", Text, nullable=False),
     Column("historical", Boolean, nullable=False, server_default=false()),
+    Column("scope", String(16), nullable=False, server_default="pair"),
+    Column("parent_alert_id", String(36), nullable=True),
+    Column("baseline_source", String(40), nullable=False, server_default=""),
+    Column("attribution", Text, nullable=True),  # JSON, stored at resolve (computed live while firing)
+    Column("impact", Text, nullable=True),  # JSON, likewise
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_alerts_status_started", "status", "started_at"),
     Index("ix_alerts_pair", "policy_label", "vendor_id", "started_at"),
     Index("ix_alerts_started", "started_at", "alert_id"),
+)
+
+SLICE_DIMENSIONS = ("content_language", "queue_id", "model_version", "actor_type", "policy_version")
+"""Decision dimensions counted per slice (beside market, which rate_buckets has) for attribution."""
+
+slice_buckets = Table(
+    "slice_buckets",
+    metadata,
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
+    Column("dimension", String(32), nullable=False),
+    Column("value", String(LABEL_MAX), nullable=False),
+    Column("bucket_start", DateTime(timezone=True), nullable=False),
+    *[
+        Column(name, Float if name.startswith("weighted") else BigInteger, nullable=False, server_default="0")
+        for name in COUNT_FIELDS
+    ],
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("policy_label", "vendor_id", "dimension", "value", "bucket_start"),
+    Index("ix_slice_buckets_bucket_start", "bucket_start"),
+)
+
+remediations = Table(
+    "remediations",
+    metadata,
+    Column("remediation_id", String(36), primary_key=True),
+    Column("decision_id", String(128), nullable=False),
+    Column("entity_type", String(16), nullable=False),
+    Column("entity_id", String(128), nullable=False),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
+    Column("market", String(LABEL_MAX), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("error_type", String(32), nullable=False),
+    Column("recommendation", String(32), nullable=False),
+    Column("finding", String(8), nullable=False),  # qa | appeal
+    Column("evidence", Text, nullable=False),  # JSON {"verdict_ids": [...], "appeal_ids": [...]}
+    Column("status", String(16), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("found_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_remediations_scope", "policy_label", "vendor_id", "decided_at"),
+    Index("ix_remediations_vendor", "vendor_id", "decided_at"),
+    Index("ix_remediations_decision", "decision_id"),
+)
+
+decision_samples = Table(
+    "decision_samples",
+    metadata,
+    Column("decision_id", String(128), primary_key=True),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
+    Column("market", String(LABEL_MAX), nullable=False),
+    *[Column(name, String(LABEL_MAX), nullable=False, server_default="") for name in SLICE_DIMENSIONS],
+    Column("entity_type", String(16), nullable=False),
+    Column("entity_id", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("judged", Boolean, nullable=False, server_default=false()),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_decision_samples_scope", "policy_label", "vendor_id", "decided_at"),
+    Index("ix_decision_samples_vendor", "vendor_id", "decided_at"),
 )
 
 alert_history = Table(

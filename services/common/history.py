@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, case, not_, update
+from sqlalchemy import and_, case, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import alert_history, alerts, insert_for, silences
@@ -103,6 +103,9 @@ async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
         "threshold": event.threshold,
         "summary": event.summary,
         "historical": event.historical,
+        "scope": event.scope,
+        "parent_alert_id": event.parent_alert_id,
+        "baseline_source": event.baseline_source,
         "updated_at": datetime.now(tz=UTC),
     }
     stmt = insert_for(engine, alerts).values(row)
@@ -122,22 +125,32 @@ async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
         where=not_(stale),
     )
     fired = event.status != "resolved"
-    history = (
-        insert_for(engine, alert_history)
-        .values(
-            event_id=f"{event.alert_id}:{'fired' if fired else 'resolved'}",
-            alert_id=event.alert_id,
-            policy_label=event.policy_label,
-            vendor_id=event.vendor_id,
-            rule=event.rule,
-            action="fired" if fired else "resolved",
-            actor="modq-scorer",
-            at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
-            detail=event.summary,
-            recorded_at=datetime.now(tz=UTC),
-        )
-        .on_conflict_do_nothing(index_elements=["event_id"])
-    )
+    entries = [("fired" if fired else "resolved", event.summary)]
+    if fired and event.parent_alert_id:
+        entries.append(("linked", f"raised under the wider alert {event.parent_alert_id}: not paged on its own"))
     async with engine.begin() as conn:
+        if fired and not event.parent_alert_id:
+            was = (
+                await conn.execute(select(alerts.c.parent_alert_id).where(alerts.c.alert_id == event.alert_id))
+            ).scalar_one_or_none()
+            if was:  # its wider alert resolved while it fires: announced on its own now
+                entries.append(("unlinked", f"its wider alert {was} resolved; announced on its own"))
         await conn.execute(stmt)
-        await conn.execute(history)
+        for action, detail in entries:
+            history = (
+                insert_for(engine, alert_history)
+                .values(
+                    event_id=f"{event.alert_id}:{action}",
+                    alert_id=event.alert_id,
+                    policy_label=event.policy_label,
+                    vendor_id=event.vendor_id,
+                    rule=event.rule,
+                    action=action,
+                    actor="modq-scorer",
+                    at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
+                    detail=detail,
+                    recorded_at=datetime.now(tz=UTC),
+                )
+                .on_conflict_do_nothing(index_elements=["event_id"])
+            )
+            await conn.execute(history)

@@ -49,6 +49,13 @@ class AlertEvent(msgspec.Struct, kw_only=True):
     summary: str
     historical: bool = False
     """Raised while catching up on history older than the paging horizon: recorded, not paged."""
+    scope: str = "pair"
+    """``pair``, ``policy_label`` (vendor_id ``*``: the label across its vendors) or ``vendor``
+    (policy_label ``*``: the vendor across its labels)."""
+    parent_alert_id: str | None = None
+    """The firing wider-scope alert this one is linked to (and not paged on its own), or None."""
+    baseline_source: str = ""
+    """operator, learned, sla, or learning:<prior> (the prior a learning pair is held to)."""
 
 
 def iso(t_ms: int) -> str:

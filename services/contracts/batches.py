@@ -25,6 +25,12 @@ class WireDecision(msgspec.Struct, array_like=True, tag=0, frozen=True, gc=False
     queue_id: str
     model_version: str
     actor_type: int
+    # Added for attribution and remediation (batches written before decode with the defaults).
+    content_language: str = ""
+    policy_version: str = ""
+    entity_type: str = ""
+    entity_id: str = ""
+    action: str = ""
 
 
 class WireVerdict(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
@@ -73,6 +79,11 @@ def encode_event(event: Decision | Verdict | Appeal, t_ms: int | None = None) ->
             event.queue_id or "",
             event.model_version or "",
             ACTOR_INDEX[event.actor_type],
+            event.content_language or "",
+            event.policy_version or "",
+            event.entity_type,
+            event.entity_id,
+            event.action,
         )
     if isinstance(event, Verdict):
         weight = 1.0 / event.inclusion_probability if event.inclusion_probability else 1.0

@@ -22,11 +22,16 @@ LABEL_PATTERN = f"^{_LABEL}{_END}"
 """A label in the platform's own spelling (``counterfeit_goods``, ``ip.trademark/counterfeit``,
 ``Hassrede (DE)``): any printable text, kept as written, without surrounding whitespace."""
 OPTIONAL_LABEL_PATTERN = f"^(?:{_LABEL})?{_END}"
+OWNER_PATTERN = f"^(?!\\*{_END}){_LABEL}{_END}"
+"""A policy label or vendor id: a label other than ``*``, which stands for "every vendor" (or every
+label) in the key of a wider-scope alert (``error_rate|SCAMS_AND_FRAUD|*``)."""
+WILDCARD = "*"
 LABEL_MAX = 128
 
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
 OptionalId = Annotated[str, Meta(max_length=128, pattern=OPTIONAL_ID_PATTERN)]
 Label = Annotated[str, Meta(min_length=1, max_length=LABEL_MAX, pattern=LABEL_PATTERN)]
+Owner = Annotated[str, Meta(min_length=1, max_length=LABEL_MAX, pattern=OWNER_PATTERN)]
 OptionalLabel = Annotated[str, Meta(max_length=LABEL_MAX, pattern=OPTIONAL_LABEL_PATTERN)]
 EventTime = Annotated[datetime, Meta(tz=True)]
 SchemaVersion = Literal[1]
@@ -61,8 +66,8 @@ class Decision(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     event_id: Id
     event_time: EventTime
     decision_id: Id
-    policy_label: Label
-    vendor_id: Label
+    policy_label: Owner
+    vendor_id: Owner
     market: Label
     action: Action
     actor_type: ActorType
@@ -118,7 +123,7 @@ LABEL_FIELDS = frozenset(
     name
     for tp in (Decision, Verdict, Appeal)
     for name, hint in tp.__annotations__.items()
-    if hint in ("Label", "OptionalLabel | None")
+    if hint in ("Label", "Owner", "OptionalLabel | None")
 )
 """Fields in the platform's own vocabulary (policy_label, vendor_id, market, queue_id, ...)."""
 

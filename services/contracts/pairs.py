@@ -2,6 +2,14 @@
 stage to the detection stage, and operators' re-baseline requests on the same key.
 
 Key: msgpack ``(policy_label, vendor_id)``. Value: msgpack ``OutcomeBatch`` or ``Rebaseline``.
+
+The wider scopes travel on the same topic: a policy label across its vendors under the key
+``(policy_label, "*")``, a vendor across its labels under ``("*", vendor_id)`` (``*`` is refused as
+a label or vendor id at ingest), with ``ScopeOutcomes`` that name each verdict's member (the vendor
+of a label-wide item, the label of a vendor-wide one). A wider scope tells its member pairs what
+they need of it with ``ScopeUpdate`` records on the pairs' own keys: its firing alert (a pair alert
+raised under it is linked to it and not paged on its own) and its baseline (the prior a pair is
+held to until it has learned its own).
 """
 
 from __future__ import annotations
@@ -10,6 +18,13 @@ from collections.abc import Iterable
 from typing import Protocol
 
 import msgspec
+
+from services.contracts.events import WILDCARD
+
+SCOPE_PAIR = "pair"
+SCOPE_LABEL = "policy_label"
+SCOPE_VENDOR = "vendor"
+WIDER_SCOPES = (SCOPE_LABEL, SCOPE_VENDOR)
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
@@ -22,6 +37,34 @@ def pair_key(policy_label: str, vendor_id: str) -> bytes:
 
 def decode_pair_key(raw: bytes) -> tuple[str, str]:
     return _pair_key_decoder.decode(raw)
+
+
+def scope_of(policy_label: str, vendor_id: str) -> str:
+    """``pair``, ``policy_label`` (every vendor of a label: vendor ``*``) or ``vendor`` (label ``*``)."""
+    if vendor_id == WILDCARD:
+        return SCOPE_LABEL
+    if policy_label == WILDCARD:
+        return SCOPE_VENDOR
+    return SCOPE_PAIR
+
+
+def scope_key(scope: str, policy_label: str, vendor_id: str) -> bytes:
+    """The key of the wider scope ``scope`` that the pair (policy_label, vendor_id) belongs to."""
+    if scope == SCOPE_LABEL:
+        return pair_key(policy_label, WILDCARD)
+    return pair_key(WILDCARD, vendor_id)
+
+
+def member_key(scope: str, owner: tuple[str, str], member: str) -> bytes:
+    """The pair key of ``member`` (a vendor of a label-wide scope, a label of a vendor-wide one)."""
+    label, vendor = owner
+    return pair_key(label, member) if scope == SCOPE_LABEL else pair_key(member, vendor)
+
+
+def cross_key(scope: str, member: str) -> bytes:
+    """The other wider scope of ``member``: a member vendor's vendor-wide key for a label-wide scope,
+    a member label's label-wide key for a vendor-wide one."""
+    return pair_key(WILDCARD, member) if scope == SCOPE_LABEL else pair_key(member, WILDCARD)
 
 
 class OutcomeBatch(msgspec.Struct, tag="outcomes"):
@@ -46,10 +89,34 @@ class Rebaseline(msgspec.Struct, tag="rebaseline"):
     t_ms: int = 0
 
 
-PairMessage = OutcomeBatch | Rebaseline
-_message_decoder: msgspec.msgpack.Decoder[OutcomeBatch | Rebaseline] = msgspec.msgpack.Decoder(
-    OutcomeBatch | Rebaseline
-)
+class ScopeOutcomes(msgspec.Struct, tag="scope_outcomes"):
+    """Judged verdicts of one wider scope: items as ``OutcomeBatch``'s plus the verdict's member
+    (the vendor for a label-wide scope, the label for a vendor-wide one)."""
+
+    items: list[tuple[int, int, int, bool, int, str]]
+    head_ms: int = 0
+
+
+class ScopeUpdate(msgspec.Struct, tag="scope_update"):
+    """From a wider scope to one of its member pairs (and to the other wider scope of that member),
+    for one rule: the scope's firing alert that is paged itself ("" when none, or when it is linked
+    under another) and its baseline (0 while it has none). ``owner`` is the sending scope's label
+    (for ``policy_label``) or vendor (for ``vendor``)."""
+
+    scope: str
+    rule: str
+    owner: str
+    alert_id: str = ""
+    baseline: float = 0.0
+    t_ms: int = 0
+
+
+PairMessage = OutcomeBatch | Rebaseline | ScopeOutcomes | ScopeUpdate
+_message_decoder: msgspec.msgpack.Decoder[PairMessage] = msgspec.msgpack.Decoder(PairMessage)
+
+
+def encode_scope_update(update: ScopeUpdate) -> bytes:
+    return _msgpack.encode(update)
 
 
 def encode_rebaseline(request: Rebaseline) -> bytes:
@@ -76,15 +143,24 @@ class PairVerdict(Protocol):
 
 
 def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[PairVerdict]]], head_ms: int = 0) -> dict[bytes, bytes]:
-    """Judged verdicts grouped by pair: key ``pair_key``, value an encoded ``OutcomeBatch``.
+    """Judged verdicts grouped by pair (key ``pair_key``, value an encoded ``OutcomeBatch``) and by
+    each pair's two wider scopes (value an encoded ``ScopeOutcomes``).
 
     ``chunks`` are (source partition, source offset, outcomes of the record there), in the order
     they were applied (each partition's in offset order).
     """
     grouped: dict[tuple[str, str], list[tuple[int, int, int, bool, int]]] = {}
+    wider: dict[tuple[str, str], list[tuple[int, int, int, bool, int, str]]] = {}
     for partition, offset, outcomes in chunks:
         for o in outcomes:
-            grouped.setdefault((o.policy_label, o.vendor_id), []).append(
-                (partition, offset, o.t_ms, o.is_error, o.error_type)
+            label, vendor = o.policy_label, o.vendor_id
+            grouped.setdefault((label, vendor), []).append((partition, offset, o.t_ms, o.is_error, o.error_type))
+            wider.setdefault((label, WILDCARD), []).append(
+                (partition, offset, o.t_ms, o.is_error, o.error_type, vendor)
             )
-    return {pair_key(*pair): _msgpack.encode(OutcomeBatch(items, head_ms)) for pair, items in grouped.items()}
+            wider.setdefault((WILDCARD, vendor), []).append(
+                (partition, offset, o.t_ms, o.is_error, o.error_type, label)
+            )
+    out = {pair_key(*pair): _msgpack.encode(OutcomeBatch(items, head_ms)) for pair, items in grouped.items()}
+    out.update({pair_key(*key): _msgpack.encode(ScopeOutcomes(items, head_ms)) for key, items in wider.items()})
+    return out

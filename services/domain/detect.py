@@ -4,12 +4,25 @@ operator's re-baseline request), giving the pair's new state and its alert chang
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from services.contracts.alerts import RULES, AlertEvent
-from services.contracts.pairs import Rebaseline, decode_pair_key, decode_pair_message
+from services.contracts.pairs import (
+    SCOPE_LABEL,
+    SCOPE_PAIR,
+    WIDER_SCOPES,
+    Rebaseline,
+    ScopeOutcomes,
+    ScopeUpdate,
+    cross_key,
+    decode_pair_key,
+    decode_pair_message,
+    encode_scope_update,
+    member_key,
+    scope_of,
+)
 from services.domain.catchup import historical
 from services.domain.join import Load
 from services.domain.monitor import MonitorPolicy, MonitorState, PairMonitor, rule_hit
@@ -18,11 +31,17 @@ _msgpack = msgspec.msgpack.Encoder()
 
 
 class PairState(msgspec.Struct, array_like=True):
-    """A pair's detector state: its monitors by rule, and per events partition the highest
-    source offset already applied (see OutcomeBatch)."""
+    """A pair's (or a wider scope's) detector state: its monitors by rule, and per events partition
+    the highest source offset already applied (see OutcomeBatch).
+
+    A pair also keeps what its wider scopes told it (``ScopeUpdate``), by ``scope|rule``: their
+    firing alerts and their baselines. A wider scope keeps the members it has seen, to tell them."""
 
     monitors: dict[str, MonitorState]
     applied: dict[int, int] = {}
+    parents: dict[str, str] = {}
+    priors: dict[str, float] = {}
+    members: list[str] = []
 
 
 _pair_state_decoder = msgspec.msgpack.Decoder(PairState)
@@ -38,6 +57,35 @@ class Detection:
     vendor_id: str
     outcomes: list[tuple[int, bool, int]]  # (t_ms, is_error, error-type code)
     statistics: dict[str, tuple[float, bool]]  # rule -> (detector statistic, firing)
+    scope: str = SCOPE_PAIR
+    notices: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """(pair key, encoded ScopeUpdate) for the topic, from a wider scope to its members."""
+
+
+def _news_key(scope: str, rule: str, owner: str) -> str:
+    return f"{scope}|{rule}|{owner}"
+
+
+def _prior(stored: PairState, rule: str) -> tuple[float, str] | None:
+    """The prior a learning pair is held to: its label's baseline across vendors, else its vendor's
+    across labels, else (None) the configured rate."""
+    for scope in WIDER_SCOPES:
+        for key in sorted(stored.priors):
+            if key.startswith(f"{scope}|{rule}|") and (rate := stored.priors[key]) > 0:
+                return rate, scope
+    return None
+
+
+def _parent(stored: PairState, rule: str) -> str:
+    """A firing, paged wider alert this scope's alert of ``rule`` would be explained by: for a pair
+    its label's across vendors, else its vendor's across labels; for a wider scope one of the other
+    kind that shares a member (a vendor-wide shift during a label-wide incident of one of its labels
+    is that incident's, and the reverse)."""
+    for scope in WIDER_SCOPES:
+        for key in sorted(stored.parents):
+            if key.startswith(f"{scope}|{rule}|") and (alert_id := stored.parents[key]):
+                return alert_id
+    return ""
 
 
 def detect(
@@ -50,39 +98,95 @@ def detect(
     that fired as history and is still firing when the input's newest events reach it is
     announced again then, as current (``PairMonitor.announce``)."""
     label, vendor = decode_pair_key(pair_key)
+    scope = scope_of(label, vendor)
     raw = load(pair_key)
     stored = _pair_state_decoder.decode(raw) if raw is not None else PairState({})
     monitors = {
-        rule: PairMonitor(rule, label, vendor, policy, state=stored.monitors.get(rule, MonitorState()))
+        rule: PairMonitor(
+            rule, label, vendor, policy, state=stored.monitors.get(rule, MonitorState()), prior=_prior(stored, rule)
+        )
         for rule in RULES
     }
     events: list[AlertEvent] = []
     message = decode_pair_message(payload)
     outcomes: list[tuple[int, bool, int]] = []
+    baselines = {rule: m.state.baseline for rule, m in monitors.items()}
+    new_members: list[str] = []
     if isinstance(message, Rebaseline):
         for rule, monitor in monitors.items():
             if message.rule in (None, rule) and (change := monitor.rebaseline(message.rate, message.t_ms)):
                 events.append(change)
+    elif isinstance(message, ScopeUpdate):
+        key = _news_key(message.scope, message.rule, message.owner)
+        was = stored.parents.get(key, "")
+        stored.parents[key] = message.alert_id
+        stored.priors[key] = message.baseline
+        linked = monitors.get(message.rule)
+        if linked is not None and was and was != message.alert_id and (news := linked.unlink(was, message.t_ms)):
+            events.append(news)
     else:
         applied, before = stored.applied, dict(stored.applied)  # a record's items share its offset
-        for partition, offset, t_ms, e, code in message.items:
+        seen = set(stored.members)
+        items = message.items if isinstance(message, ScopeOutcomes) else [(*i, "") for i in message.items]
+        for partition, offset, t_ms, e, code, member in items:
             if offset > before.get(partition, -1):
                 applied[partition] = offset
                 outcomes.append((t_ms, e, code))
+                if member and member not in seen:
+                    seen.add(member)
+                    new_members.append(member)
+        stored.members.extend(new_members)
+        if scope != SCOPE_PAIR and len(stored.members) < 2:
+            outcomes = []  # a label with one vendor (a vendor with one label) is watched as the pair
         head = message.head_ms
+        parents = {rule: _parent(stored, rule) for rule in RULES}
         for t_ms, is_error, error_type in outcomes:
             old = historical(t_ms, head, horizon_ms)
             for rule, monitor in monitors.items():
                 if not old and (news := monitor.announce(t_ms)) is not None:
                     events.append(news)
-                if (change := monitor.update(rule_hit(rule, is_error, error_type), t_ms, historical=old)) is not None:
+                hit = rule_hit(rule, is_error, error_type)
+                if (change := monitor.update(hit, t_ms, historical=old, parent_alert_id=parents[rule])) is not None:
                     events.append(change)
+    t_last = max((t for t, _, _ in outcomes), default=getattr(message, "t_ms", 0))
+    notices = _scope_notices(scope, (label, vendor), stored.members, new_members, monitors, baselines, events, t_last)
     snapshots = {rule: m.snapshot() for rule, m in monitors.items()}
     return Detection(
-        state=_msgpack.encode(PairState(snapshots, stored.applied)),
+        state=_msgpack.encode(PairState(snapshots, stored.applied, stored.parents, stored.priors, stored.members)),
         changes=events,
         policy_label=label,
         vendor_id=vendor,
         outcomes=outcomes,
         statistics={rule: (m.statistic(), m.state.firing) for rule, m in monitors.items()},
+        scope=scope,
+        notices=notices,
     )
+
+
+def _scope_notices(
+    scope: str,
+    owner: tuple[str, str],
+    members: list[str],
+    new_members: list[str],
+    monitors: dict[str, PairMonitor],
+    baselines_before: dict[str, float],
+    events: list[AlertEvent],
+    t_ms: int,
+) -> list[tuple[bytes, bytes]]:
+    """What a wider scope tells its member pairs and its members' other wider scopes: a new member
+    everything, every member a rule's alert fired, resolved or linked, and its baseline once frozen
+    (or moved by an operator). Only an alert that is paged itself is news to them: one linked under
+    another's does not become their parent."""
+    if scope == SCOPE_PAIR:
+        return []
+    out: list[tuple[bytes, bytes]] = []
+    changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
+    name = owner[0] if scope == SCOPE_LABEL else owner[1]
+    for rule, monitor in monitors.items():
+        st = monitor.state
+        paged = monitor.alert_id() if st.firing and not st.parent_alert_id else ""
+        update = encode_scope_update(ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms))
+        for m in members if rule in changed else new_members:
+            out.append((member_key(scope, owner, m), update))
+            out.append((cross_key(scope, m), update))
+    return out

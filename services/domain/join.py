@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 import msgspec
 
 from services.contracts.batches import WireAppeal, WireDecision, WireEvent, WireVerdict
 from services.contracts.codes import (
+    ACTOR_TYPES,
     INCORRECT,
     OVER_ENFORCEMENT,
     OVERTURNING_OUTCOMES,
@@ -31,6 +33,39 @@ class DecisionAttrs(msgspec.Struct, array_like=True, gc=False):
     vendor_id: str
     market: str
     t_ms: int
+    # The slices attribution looks at (``SLICE_DIMENSIONS``, in order; "" when not given), and what a
+    # remediation names. States written before these were kept decode with the defaults.
+    slices: tuple[str, ...] = ()
+    entity_type: str = ""
+    entity_id: str = ""
+    action: str = ""
+
+
+SLICE_DIMENSIONS: Final = ("content_language", "queue_id", "model_version", "actor_type", "policy_version")
+"""Decision dimensions counted per slice for attribution (market has its own column in the rates)."""
+SLICE_MARK: Final = "\x1f"
+"""A bucket key whose market starts with this (a control character, never in a label) is a slice
+row: ``SLICE_MARK + <dimension index> + value`` (see ``slice_key``); the sink writes those to
+``slice_buckets``."""
+
+
+def slice_key(dimension: int, value: str) -> str:
+    return f"{SLICE_MARK}{dimension}{value}"
+
+
+def split_slice(market: str) -> tuple[str, str] | None:
+    """(dimension, value) of a slice row's market field; None for a rate row."""
+    if not market.startswith(SLICE_MARK):
+        return None
+    return SLICE_DIMENSIONS[int(market[1])], market[2:]
+
+
+def attrs_of(ev: WireDecision) -> DecisionAttrs:
+    actor = ACTOR_TYPES[ev.actor_type] if 0 <= ev.actor_type < len(ACTOR_TYPES) else ""
+    slices = (ev.content_language, ev.queue_id, ev.model_version, actor, ev.policy_version)
+    return DecisionAttrs(
+        ev.policy_label, ev.vendor_id, ev.market, ev.t_ms, slices, ev.entity_type, ev.entity_id, ev.action
+    )
 
 
 class CurrentVerdict(msgspec.Struct, array_like=True, gc=False):
@@ -128,24 +163,17 @@ class Deltas:
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
     def verdict(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
-        row = self._row(attrs, v.t_ms)
+        _count_verdict(self._row(attrs, v.t_ms), v, sign)
         if v.code == UNABLE_TO_JUDGE:
-            row.unable_to_judge += sign
             return
-        row.verdicts += sign
-        row.weighted_verdicts += sign * v.weight
-        if v.code == INCORRECT:
-            row.errors += sign
-            row.weighted_errors += sign * v.weight
-            error_type = v.error_type
-            if error_type == OVER_ENFORCEMENT:
-                row.over_enforcement += sign
-            elif error_type == UNDER_ENFORCEMENT:
-                row.under_enforcement += sign
-            elif error_type == WRONG_LABEL:
-                row.wrong_label += sign
-            elif error_type == WRONG_ACTION:
-                row.wrong_action += sign
+        start = bucket_start(v.t_ms)
+        for i, value in enumerate(attrs.slices):
+            if value:
+                key = (attrs.policy_label, attrs.vendor_id, slice_key(i, value), start)
+                row = self.buckets.get(key)
+                if row is None:
+                    row = self.buckets[key] = Counts()
+                _count_verdict(row, v, sign)
 
     def appeal(self, attrs: DecisionAttrs, outcome: int, t_ms: int) -> None:
         row = self._row(attrs, t_ms)
@@ -163,6 +191,26 @@ class Deltas:
         )
 
 
+def _count_verdict(row: Counts, v: CurrentVerdict, sign: int) -> None:
+    if v.code == UNABLE_TO_JUDGE:
+        row.unable_to_judge += sign
+        return
+    row.verdicts += sign
+    row.weighted_verdicts += sign * v.weight
+    if v.code == INCORRECT:
+        row.errors += sign
+        row.weighted_errors += sign * v.weight
+        error_type = v.error_type
+        if error_type == OVER_ENFORCEMENT:
+            row.over_enforcement += sign
+        elif error_type == UNDER_ENFORCEMENT:
+            row.under_enforcement += sign
+        elif error_type == WRONG_LABEL:
+            row.wrong_label += sign
+        elif error_type == WRONG_ACTION:
+            row.wrong_action += sign
+
+
 def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
     """True when verdict `new` should replace verdict `cur`, whatever order they came in."""
     if new.supersedes == cur.verdict_id:
@@ -174,7 +222,7 @@ def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
 
 def new_decision(ev: WireDecision, deltas: Deltas) -> DecisionState:
     """The state of a decision seen first (the common case, so kept to the least work)."""
-    attrs = DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, ev.t_ms)
+    attrs = attrs_of(ev)
     deltas.decision(attrs)
     return DecisionState(attrs, None, None, ev.t_ms)
 
@@ -186,7 +234,7 @@ def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> t
     if isinstance(ev, WireDecision):
         if state.attrs is not None:
             return state, False
-        attrs = state.attrs = DecisionAttrs(ev.policy_label, ev.vendor_id, ev.market, ev.t_ms)
+        attrs = state.attrs = attrs_of(ev)
         deltas.decision(attrs)
         if state.verdict is not None:
             deltas.verdict(attrs, state.verdict, +1)

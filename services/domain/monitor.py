@@ -25,6 +25,7 @@ from services.contracts.alerts import (
     iso,
 )
 from services.contracts.codes import OVER_ENFORCEMENT, UNDER_ENFORCEMENT
+from services.contracts.pairs import SCOPE_LABEL, SCOPE_PAIR, SCOPE_VENDOR, scope_of
 from services.domain.detectors import (
     MIXTURE,
     BernoulliRecovery,
@@ -57,7 +58,7 @@ class MonitorPolicy:
     baseline_mode: Literal["learned", "sla"] = "learned"
     sla_rates: tuple[tuple[str, float], ...] = ((RULE_ERROR_RATE, 0.03), (RULE_OVER, 0.015), (RULE_UNDER, 0.01))
     baseline_verdicts: int = 10_000
-    min_verdicts_to_detect: int = 1_000
+    min_verdicts_to_detect: int = 0
     prior_strength: float = 200.0
     arl0: float | None = 100_000.0
     false_alerts_per_day: float = 1.0
@@ -90,6 +91,14 @@ class MonitorState(msgspec.Struct, array_like=True):
     detector: tuple[float, ...] = ()  # MixtureShiryaevRoberts.to_state(); empty: from cusum
     candidate_onsets_ms: tuple[int, ...] = ()  # per shift: when its onset CUSUM last left zero
     announced: bool = True  # the firing alert went out as current (not history): see ``announce``
+    parent_alert_id: str = ""  # the firing alert is linked to this wider alert (and not paged on its own)
+
+
+PRIOR_WORDS = {
+    SCOPE_LABEL: "its label's rate across vendors",
+    SCOPE_VENDOR: "its vendor's rate across labels",
+    "sla": "the configured rate",
+}
 
 
 @dataclass(slots=True)
@@ -101,11 +110,17 @@ class PairMonitor:
     vendor_id: str
     policy: MonitorPolicy = field(default_factory=MonitorPolicy)
     state: MonitorState = field(default_factory=MonitorState)
+    prior: tuple[float, str] | None = None
+    """(rate, scope) a pair is held to while it learns its own baseline: a wider scope's frozen
+    baseline (``policy_label``: its label across vendors; ``vendor``: its vendor across labels);
+    None: the configured rate."""
+    scope: str = field(init=False, default=SCOPE_PAIR)
     detector: MixtureShiryaevRoberts | None = field(init=False, default=None)
     _design: tuple[float, float] = field(init=False, default=(0.0, 0.0))
     _recovery: BernoulliRecovery | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.scope = scope_of(self.policy_label, self.vendor_id)
         st = self.state
         if len(st.candidate_onsets_ms) != 3:
             st.candidate_onsets_ms = (st.candidate_onset_ms,) * 3
@@ -126,17 +141,25 @@ class PairMonitor:
             return st.baseline
         if pol.baseline_mode == "sla":
             return pol.sla(self.rule)
-        # Learning: the pair's own rate shrunk toward the configured one, and taken at its upper
-        # 80% confidence bound so an under-estimate from little data does not page anyone.
+        # Learning: the pair's own rate shrunk toward its prior (a wider scope's baseline, or the
+        # configured rate), and taken at its upper 80% confidence bound so an under-estimate from
+        # little data does not page anyone. From the first verdict this is mostly the prior.
         k = pol.prior_strength
-        _, high = wilson_interval(st.base_errors + k * pol.sla(self.rule), st.base_n + k, z=LEARNING_Z)
+        _, high = wilson_interval(st.base_errors + k * self.prior_rate(), st.base_n + k, z=LEARNING_Z)
         return high
 
+    def prior_rate(self) -> float:
+        return self.prior[0] if self.prior is not None else self.policy.sla(self.rule)
+
     def baseline_source(self) -> str:
-        """Where the baseline comes from: operator, learned (frozen), sla, or learning."""
+        """Where the baseline comes from: operator, learned (frozen), sla, or ``learning`` with the
+        prior it leans on while its own data are few (``learning:policy_label``, ``learning:vendor``,
+        ``learning:sla``)."""
         if self.state.baseline > 0:
             return self.state.baseline_source
-        return "sla" if self.policy.baseline_mode == "sla" else "learning"
+        if self.policy.baseline_mode == "sla":
+            return "sla"
+        return "learning:" + (self.prior[1] if self.prior is not None else "sla")
 
     def detecting(self) -> bool:
         st, pol = self.state, self.policy
@@ -203,9 +226,19 @@ class PairMonitor:
         st.announced = True
         return self._event("firing", t_ms)
 
-    def update(self, hit: bool, t_ms: int, historical: bool = False) -> AlertEvent | None:
+    def unlink(self, parent_alert_id: str, t_ms: int) -> AlertEvent | None:
+        """The wider alert ``parent_alert_id`` resolved: an alert linked to it and still firing is
+        on its own now, and announced (paged) as such."""
+        st = self.state
+        if not st.firing or st.parent_alert_id != parent_alert_id:
+            return None
+        st.parent_alert_id = ""
+        return self._event("firing", t_ms, note=f"its wider alert {parent_alert_id} resolved, this one persists")
+
+    def update(self, hit: bool, t_ms: int, historical: bool = False, parent_alert_id: str = "") -> AlertEvent | None:
         """Feed one judged verdict (hit: it is an error of this rule's kind; ``historical``: its
-        event time is older than the paging horizon)."""
+        event time is older than the paging horizon; ``parent_alert_id``: a firing alert of a wider
+        scope this pair belongs to, which an alert raised now is linked to)."""
         st, pol = self.state, self.policy
         if st.first_ms == 0:
             st.first_ms = t_ms
@@ -248,6 +281,7 @@ class PairMonitor:
             st.since_onset_n, st.since_onset_errors = change.verdicts, change.errors
             st.recovery = 0.0
             st.announced = not historical
+            st.parent_alert_id = parent_alert_id
             return self._event("firing", t_ms, historical=historical)
         return None
 
@@ -275,10 +309,12 @@ class PairMonitor:
         low, high = wilson_interval(e, n)
         what = "error rate" if self.rule == RULE_ERROR_RATE else self.rule.replace("_", "-") + " rate"
         moved = "rose" if status == "firing" else "recovered"
+        source = self.baseline_source()
+        held = f"learning; held to {PRIOR_WORDS[source[9:]]}" if source.startswith("learning:") else source
         summary = (
-            f"{self.policy_label} / {self.vendor_id}: {what} {moved}: {rate:.1%} "
+            f"{self.who()}: {what} {moved}: {rate:.1%} "
             f"(95% CI {low:.1%}-{high:.1%}) on {n} verdicts since {iso(st.onset_ms)}, "
-            f"baseline {d.p0:.1%} ({self.baseline_source()})" + (f"; {note}" if note else "")
+            f"baseline {d.p0:.1%} ({held})" + (f"; {note}" if note else "")
         )
         return AlertEvent(
             alert_id=self.alert_id(),
@@ -301,4 +337,14 @@ class PairMonitor:
             threshold=d.h if status == "firing" else self.policy.resolve_threshold,
             summary=summary,
             historical=historical,
+            scope=self.scope,
+            parent_alert_id=st.parent_alert_id or None,
+            baseline_source=source,
         )
+
+    def who(self) -> str:
+        if self.scope == SCOPE_LABEL:
+            return f"{self.policy_label} (every vendor)"
+        if self.scope == SCOPE_VENDOR:
+            return f"{self.vendor_id} (every label)"
+        return f"{self.policy_label} / {self.vendor_id}"

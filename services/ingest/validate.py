@@ -77,9 +77,21 @@ def validate_timed(
 _NOT_TEXT = re.compile(r"Expected `str` matching regex '.*' - at `\$\.(\w+)`$", re.DOTALL)
 
 
+def _is_wildcard(raw: bytes, field: str) -> bool:
+    try:
+        return bool(_version_probe.decode(raw).get(field) == "*")
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return False
+
+
 def _schema_rejection(raw: bytes, message: str) -> Rejected:
     if (m := _NOT_TEXT.match(message)) is not None:  # msgspec names the whole pattern: say what it means
         field = m.group(1)
+        if field in ("policy_label", "vendor_id") and _is_wildcard(raw, field):
+            return Rejected(
+                "schema",
+                f'{field} must not be "*" (it stands for every vendor or label in a wider alert) - at `$.{field}`',
+            )
         what = "an id" if field.endswith("_id") and field not in LABEL_FIELDS else "a label"
         return Rejected(
             "schema",

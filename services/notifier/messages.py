@@ -36,6 +36,10 @@ class Notice:
     action: AlertAction | None = None
 
     @property
+    def scope(self) -> str:
+        return self.alert.scope if self.alert is not None else "pair"
+
+    @property
     def error_type(self) -> str:
         if self.alert is not None:
             return self.alert.error_type
@@ -77,9 +81,18 @@ def links(api_url: str, n: Notice) -> dict[str, str]:
     return out
 
 
+def who(n: Notice) -> str:
+    """The owner of the problem in words: a pair, a label across its vendors, a vendor across labels."""
+    if n.scope == "policy_label":
+        return f"{n.policy_label} across every vendor"
+    if n.scope == "vendor":
+        return f"{n.vendor_id} across every label"
+    return f"{n.policy_label} / {n.vendor_id}"
+
+
 def describe(n: Notice) -> str:
     """One line a person can act on: what moved, by how much, on how many verdicts, since when."""
-    pair = f"{n.policy_label} / {n.vendor_id}"
+    pair = who(n)
     a = n.alert
     if a is not None and n.state == "firing":
         what = "error rate" if a.error_type == "ANY" else f"{a.error_type.lower().replace('_', '-')} rate"
@@ -106,6 +119,7 @@ def alertmanager_alert(n: Notice, api_url: str, starts_at: str, ends_at: str) ->
     """One alert for Alertmanager's POST /api/v2/alerts (firing while ends_at is in the future)."""
     labels = {
         "alertname": ALERTNAME,
+        "scope": n.scope,
         "rule": n.rule or "",
         "policy_label": n.policy_label,
         "vendor_id": n.vendor_id,

@@ -81,11 +81,19 @@ class AlertmanagerReceiver:
 class PagerDutyReceiver:
     name = "pagerduty"
 
-    def __init__(self, client: httpx.AsyncClient, url: str, routing_key: str, api_url: str) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        routing_key: str,
+        api_url: str,
+        by_scope: dict[str, str] | None = None,
+    ) -> None:
         self.client, self.url, self.routing_key, self.api_url = client, url, routing_key, api_url
+        self.by_scope = by_scope or {}  # scope -> routing key (label-wide to the policy team, ...)
 
     async def deliver(self, notice: Notice) -> bool:
-        body = pagerduty_event(notice, self.routing_key, self.api_url)
+        body = pagerduty_event(notice, self.by_scope.get(notice.scope, self.routing_key), self.api_url)
         if body is None:
             return False
         await post(self.client, self.url, orjson.dumps(body))
@@ -95,14 +103,17 @@ class PagerDutyReceiver:
 class SlackReceiver:
     name = "slack"
 
-    def __init__(self, client: httpx.AsyncClient, url: str, api_url: str) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, url: str, api_url: str, by_scope: dict[str, str] | None = None
+    ) -> None:
         self.client, self.url, self.api_url = client, url, api_url
+        self.by_scope = by_scope or {}  # scope -> webhook URL
 
     async def deliver(self, notice: Notice) -> bool:
         body = slack_message(notice, self.api_url)
         if body is None:
             return False
-        await post(self.client, self.url, orjson.dumps(body))
+        await post(self.client, self.by_scope.get(notice.scope, self.url), orjson.dumps(body))
         return True
 
 

@@ -37,6 +37,7 @@ from services.common.migrate import ensure_schema
 from services.common.unreadable import ConsumerHealth
 from services.contracts.actions import decode_action
 from services.contracts.alerts import AlertEvent
+from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
 from services.notifier.messages import Notice, notice_of_action, notice_of_alert
 from services.notifier.receivers import (
     AlertmanagerReceiver,
@@ -57,7 +58,8 @@ class NotifierMetrics:
         self.deliveries = Counter(
             "modq_notifier_deliveries",
             "Notices handled per receiver: sent, suppressed (silenced pair, or a follow-up of an alert not paged),"
-            " rejected (permanent error), duplicate, historical (raised while catching up on old history)",
+            " rejected (permanent error), duplicate, historical (raised while catching up on old history),"
+            " linked (a pair alert raised under a firing label- or vendor-wide alert, which was paged)",
             ["receiver", "outcome"],
             registry=registry,
         )
@@ -127,9 +129,12 @@ class Notifier:
         if s.alertmanager_url:
             out.append(AlertmanagerReceiver(client, s.alertmanager_url, api, s.alertmanager_resend_s))
         if s.pagerduty_routing_key:
-            out.append(PagerDutyReceiver(client, s.pagerduty_url, s.pagerduty_routing_key, api))
+            keys = {SCOPE_LABEL: s.pagerduty_routing_key_policy_label, SCOPE_VENDOR: s.pagerduty_routing_key_vendor}
+            by_scope = {scope: key for scope, key in keys.items() if key}
+            out.append(PagerDutyReceiver(client, s.pagerduty_url, s.pagerduty_routing_key, api, by_scope))
         if s.slack_webhook_url:
-            out.append(SlackReceiver(client, s.slack_webhook_url, api))
+            urls = {SCOPE_LABEL: s.slack_webhook_url_policy_label, SCOPE_VENDOR: s.slack_webhook_url_vendor}
+            out.append(SlackReceiver(client, s.slack_webhook_url, api, {k: v for k, v in urls.items() if v}))
         if s.webhook_url:
             out.append(WebhookReceiver(client, s.webhook_url, s.webhook_secret, api))
         return out
@@ -252,6 +257,11 @@ class Notifier:
             if notice.alert is not None and notice.alert.historical:
                 # Raised while catching up on old history: it is in the alert history, nobody is paged.
                 self.metrics.deliveries.labels(name, "historical").inc()
+                return
+            if notice.alert is not None and notice.state == "firing" and notice.alert.parent_alert_id:
+                # Raised under a firing wider-scope alert that explains it: on-call hears of the wider
+                # one. If that resolves first, the scorer announces this one on its own (no parent).
+                self.metrics.deliveries.labels(name, "linked").inc()
                 return
             if notice.action is not None and notice.state in ("acknowledged", "resolved") and notice.alert_id:
                 # A person's action travels on another topic than the alert it acts on, so it can

@@ -152,6 +152,7 @@ class DetectionStage:
         changes, then its pairs' new states, then the offsets."""
         producer = self._producer()
         changes: list[AlertEvent] = []
+        notices: list[tuple[bytes, bytes]] = []
         written: dict[int, dict[bytes, bytes]] = {}
         for tp, records in batch.items():
             store, writes = self.states[tp.partition], written.setdefault(tp.partition, {})
@@ -166,13 +167,16 @@ class DetectionStage:
                 writes[record.key] = found.state
                 self.observe(found)
                 changes.extend(found.changes)
+                notices.extend(found.notices)
         alerts = self.settings.topic_alerts
         sent = []
         for change in changes:
             self.on_change(change)
             sent.append(await producer.send(alerts, encode_alert(change), key=change.dedup_key.encode()))
-        # Alerts are durable before the states that say they were raised (and which source
-        # offsets were applied), and those before the offsets are committed.
+        for key, update in notices:  # a wider scope's news for its member pairs (ScopeUpdate)
+            sent.append(await producer.send(self.topic, update, key=key))
+        # Alerts (and scope updates) are durable before the states that say they were raised (and
+        # which source offsets were applied), and those before the offsets are committed.
         await asyncio.gather(*sent)
         sends = []
         for p, writes in written.items():

@@ -13,8 +13,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import bucket_owners, insert_for, rate_buckets
+from services.common.db import bucket_owners, insert_for, rate_buckets, slice_buckets
 from services.domain.book import BookWrite
+from services.domain.join import split_slice
 from services.domain.rates import COUNT_FIELDS, BucketKey, Counts
 
 UPSERT_CHUNK_ROWS = 5_000
@@ -40,6 +41,35 @@ PG_MERGE = (
     + ", ".join(f'"{c}" = rate_buckets."{c}" + EXCLUDED."{c}"' for c in COUNT_FIELDS)
     + ', "updated_at" = EXCLUDED."updated_at"'
 )
+_SLICE_KEY = ("policy_label", "vendor_id", "dimension", "value", "bucket_start")
+_SLICE_COLUMNS = (*_SLICE_KEY, *COUNT_FIELDS, "updated_at")
+PG_STAGE_SLICES = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS modq_slice_rows (LIKE slice_buckets INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+PG_MERGE_SLICES = (
+    f"INSERT INTO slice_buckets ({_quoted(_SLICE_COLUMNS)}) SELECT {_quoted(_SLICE_COLUMNS)} FROM modq_slice_rows"
+    f" ORDER BY {_quoted(_SLICE_KEY)}"
+    f" ON CONFLICT ({_quoted(_SLICE_KEY)}) DO UPDATE SET "
+    + ", ".join(f'"{c}" = slice_buckets."{c}" + EXCLUDED."{c}"' for c in COUNT_FIELDS)
+    + ', "updated_at" = EXCLUDED."updated_at"'
+)
+SliceKey = tuple[str, str, str, str, int]
+
+
+def split_rows(rows: dict[BucketKey, Counts]) -> tuple[dict[BucketKey, Counts], dict[SliceKey, Counts]]:
+    """A write's rows for ``rate_buckets`` and its slice rows for ``slice_buckets``."""
+    rates: dict[BucketKey, Counts] = {}
+    slices: dict[SliceKey, Counts] = {}
+    for key, counts in rows.items():
+        label, vendor, market, start = key
+        dim = split_slice(market)
+        if dim is None:
+            rates[key] = counts
+        else:
+            slices[(label, vendor, dim[0], dim[1], start)] = counts
+    return rates, slices
+
+
 PG_LOCK_OWNERS = (
     "SELECT partition, writer_id, coalesce(applied_to, 0) AS applied_to FROM bucket_owners"
     " WHERE partition = ANY($1::int[]) ORDER BY partition FOR UPDATE"
@@ -159,7 +189,26 @@ class DbSink:
                 )
             )
             owners = {r.partition: (r.writer_id, int(r.applied_to or 0)) for r in found}
-            result, rows, through = _sort_out(write, owners, self.writer_id)
+            result, all_rows, through = _sort_out(write, owners, self.writer_id)
+            rows, slices = split_rows(all_rows)
+            if slices:
+                add_slices = insert_for(self.engine, slice_buckets)
+                add_slices = add_slices.on_conflict_do_update(
+                    index_elements=list(_SLICE_KEY),
+                    set_={
+                        **{name: slice_buckets.c[name] + add_slices.excluded[name] for name in COUNT_FIELDS},
+                        "updated_at": add_slices.excluded.updated_at,
+                    },
+                )
+                values = [
+                    {
+                        **dict(zip(_SLICE_KEY, (*key[:4], _ts(key[4])), strict=True)),
+                        "updated_at": now,
+                        **dict(zip(COUNT_FIELDS, counts.values(), strict=True)),
+                    }
+                    for key, counts in slices.items()
+                ]
+                await conn.execute(add_slices, values)
             items = iter(rows.items())
             while chunk := list(islice(items, UPSERT_CHUNK_ROWS)):
                 values = [
@@ -190,9 +239,21 @@ class DbSink:
             async with pg.transaction():
                 locked = await pg.fetch(PG_LOCK_OWNERS, sorted(write.parts))
                 owners = {r["partition"]: (r["writer_id"], int(r["applied_to"])) for r in locked}
-                result, rows, through = _sort_out(write, owners, self.writer_id)
+                result, all_rows, through = _sort_out(write, owners, self.writer_id)
+                rows, slices = split_rows(all_rows)
+                starts: dict[int, datetime] = {}  # rows of a write share few minutes
+                if slices:
+                    await pg.execute(PG_STAGE_SLICES)
+                    await pg.copy_records_to_table(
+                        "modq_slice_rows",
+                        columns=_SLICE_COLUMNS,
+                        records=[
+                            (*key[:4], starts.get(key[4]) or starts.setdefault(key[4], _ts(key[4])), *c.values(), now)
+                            for key, c in slices.items()
+                        ],
+                    )
+                    await pg.execute(PG_MERGE_SLICES)
                 if rows:
-                    starts: dict[int, datetime] = {}  # rows of a write share few minutes
                     await pg.execute(PG_STAGE)
                     await pg.copy_records_to_table(
                         "modq_book_rows",

@@ -114,28 +114,47 @@ def test_state_stored_by_the_cusum_release_still_loads() -> None:
 
 
 def learned(**over: object) -> PairMonitor:
-    policy = MonitorPolicy(
-        baseline_mode="learned", arl0=100_000, baseline_verdicts=10_000, min_verdicts_to_detect=1_000
-    )
-    return PairMonitor("error_rate", "VIOLENCE", "V07", policy)
+    policy = MonitorPolicy(baseline_mode="learned", arl0=100_000, baseline_verdicts=10_000)
+    return PairMonitor("error_rate", "VIOLENCE", "V07", policy, prior=over.get("prior"))  # type: ignore[arg-type]
 
 
-def test_learned_baseline_waits_for_data_then_freezes() -> None:
+def test_learned_baseline_is_held_to_its_prior_from_the_first_verdict_then_freezes() -> None:
     m, rng = learned(), random.Random(21)
-    assert not m.detecting()
-    feed(m, rng, 0.05, 999, 0)
-    assert not m.detecting()
-    feed(m, rng, 0.05, 1, 999_000)
     assert m.detecting()
+    assert m.baseline_source() == "learning:sla"
+    feed(m, rng, 0.05, 1_000, 0)
     # While learning, the baseline is a conservative (upper-bound) estimate of the pair's rate.
     assert m.state.base_errors / m.state.base_n < m.baseline_rate() < 0.07
     fired = feed(m, rng, 0.05, 9_000, 1_000_000)
-    assert fired == []  # a pair that is simply worse than the prior is learned, not paged
+    assert fired == []  # a pair a little worse than the prior is learned, not paged
     assert m.state.baseline_source == "learned"
     assert m.baseline_rate() == pytest.approx(0.05, abs=0.006)
     frozen = m.baseline_rate()
     feed(m, rng, 0.05, 2_000, 20_000_000)
     assert m.baseline_rate() == frozen
+
+
+def test_a_new_pair_going_from_3_to_30_percent_pages_against_its_prior() -> None:
+    """The case from the field: 3% to 30% over 400 verdicts (120 errors where 12 were expected) on a
+    pair with a few hundred verdicts raised nothing while pairs waited for 1,000 to learn."""
+    for prior, source in ((None, "learning:sla"), ((0.03, "policy_label"), "learning:policy_label")):
+        m, rng = learned(prior=prior), random.Random(5)
+        assert feed(m, rng, 0.03, 300, 0) == []
+        fired = feed(m, rng, 0.30, 400, 1_000_000)
+        assert fired and fired[0][1] == "firing" and fired[0][0] < 100
+        change = m._event("firing", 2_000_000)
+        assert change.baseline_source == source
+        assert "held to" in change.summary
+
+
+def test_the_prior_is_the_wider_scopes_rate() -> None:
+    # A label whose vendors all err at 10%: a new vendor at 10% is not paged against the 3% SLA...
+    m, rng = learned(prior=(0.10, "policy_label")), random.Random(9)
+    assert m.baseline_rate() > 0.10
+    assert feed(m, rng, 0.10, 3_000, 0) == []
+    # ...while held to the configured 3%, the same vendor pages.
+    m, rng = learned(), random.Random(9)
+    assert feed(m, rng, 0.10, 3_000, 0) != []
 
 
 def test_baseline_is_not_learned_from_verdicts_while_firing() -> None:
