@@ -178,7 +178,13 @@ def _scorer(args: argparse.Namespace) -> int:
             settings,
             {
                 t: settings.partitions
-                for t in (settings.topic_events, settings.topic_outcomes, settings.topic_alerts, *changelogs)
+                for t in (
+                    settings.topic_events,
+                    settings.topic_outcomes,
+                    settings.topic_alerts,
+                    settings.topic_remediations,
+                    *changelogs,
+                )
             },
             configs={c: {"cleanup.policy": "compact"} for c in changelogs},
         )
@@ -242,7 +248,7 @@ def _simulate(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         duration_s=args.duration,
         seed=args.seed,
-        drift=Drift.parse(args.drift) if args.drift else None,
+        drifts=tuple(Drift.parse_all(args.drift)) if args.drift else (),
     )
     with contextlib.suppress(KeyboardInterrupt):
         sent = asyncio.run(run_simulator(settings, cfg))
@@ -276,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--api-port", type=int, default=8000)
     dev.add_argument("--ingest-port", type=int, default=8081)
     dev.add_argument("--rate", type=float, default=400.0, help="simulated decisions per second")
-    dev.add_argument("--drift", default="vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=60")
+    dev.add_argument(
+        "--drift",
+        default="vendor=V02,label=SCAMS_AND_FRAUD,market=DE,to=0.2,at=60;label=ip.trademark/counterfeit,to=0.08,at=90",
+        help="drifts to inject (see modq simulate --help); the default: a market-local one and a label-wide one",
+    )
     dev.add_argument("--exit-after-alert", action="store_true", help="stop once the drift alert shows in the API")
     dev.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     dev.set_defaults(func=_dev)
@@ -313,7 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--baseline", type=float, default=0.03)
     sim.add_argument("--duration", type=float, default=None, help="seconds; forever when omitted")
     sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--drift", default=None, help='e.g. "vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=120"')
+    sim.add_argument(
+        "--drift",
+        default=None,
+        help='one pair: "vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=120"; leave out vendor for a label-wide'
+        " drift, label for a vendor-wide one; market=DE makes it market-local; several separated by ';'",
+    )
     sim.set_defaults(func=_simulate)
     return parser
 

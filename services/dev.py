@@ -124,6 +124,23 @@ def run_dev(args: argparse.Namespace) -> int:
         _stop(list(reversed(procs)))
 
 
+def _print_evidence(client: httpx.Client, alert_id: str) -> None:
+    """Where the excess sits and how many decisions it hurt, as the API computes it now."""
+    try:
+        detail = client.get(f"/v1/alerts/{alert_id}").json()
+    except (httpx.HTTPError, ValueError):
+        return
+    for item in (detail.get("attribution") or [])[:3]:
+        print(f"         {item['share']:.0%} of the excess in {item['dimension']} {item['value']}")
+    if detail.get("impact"):
+        i = detail["impact"]
+        print(
+            f"         ~{i['estimated_wrong']} of {i['decisions']} decisions since onset wrong"
+            f" ({i['ci_low']}-{i['ci_high']}), {i['excess_wrong']} beyond baseline;"
+            f" findings {detail['links'].get('findings')}"
+        )
+
+
 def _watch(api: str, procs: list[subprocess.Popen[bytes]], args: argparse.Namespace) -> int:
     """Print alerts as they appear; stop early on request."""
     seen: set[str] = set()
@@ -146,7 +163,13 @@ def _watch(api: str, procs: list[subprocess.Popen[bytes]], args: argparse.Namesp
                 key = f"{alert['alert_id']}:{alert['status']}"
                 if key not in seen:
                     seen.add(key)
-                    print(f"[{int(time.monotonic() - start):4d}s] ALERT {alert['status'].upper()}: {alert['summary']}")
+                    linked = (
+                        f" (linked under {alert['parent_alert_id']}, not paged)" if alert.get("parent_alert_id") else ""
+                    )
+                    when, scope = int(time.monotonic() - start), alert.get("scope", "pair")
+                    print(f"[{when:4d}s] ALERT {alert['status'].upper()} [{scope}]{linked}: {alert['summary']}")
+                    if alert["status"] == "firing":
+                        _print_evidence(client, alert["alert_id"])
             if args.exit_after_alert and items:
                 return 0
             if args.timeout and time.monotonic() - start > args.timeout:

@@ -2,7 +2,9 @@
 
 Every (policy_label, vendor_id) pair has a baseline error rate; a drift spec such as
 ``vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=60`` makes one pair's true error rate jump
-``at`` seconds after start. Event times are real wall-clock times.
+``at`` seconds after start. Leave out ``vendor`` for a label-wide drift (every vendor of the
+label), ``label`` for a vendor-wide one; add ``market=DE`` to make it market-local (only that
+market's decisions). Several drifts are separated by ``;``. Event times are real wall-clock times.
 """
 
 from __future__ import annotations
@@ -36,23 +38,45 @@ LABELS = (  # in platforms' own spellings: modq keeps labels as written
 MARKETS = ("DE", "FR", "ES", "IT", "NL", "PL", "SE", "BE")
 ACTIONS = ("APPROVE", "APPROVE", "APPROVE", "REMOVE", "REMOVE", "DEMOTE", "LABEL", "SUSPEND_SELLER")
 ENTITIES = ("LISTING", "SELLER", "VIDEO", "REVIEW", "AD")
+LANGUAGES = {"DE": "de", "FR": "fr", "ES": "es", "IT": "it", "NL": "nl", "PL": "pl", "SE": "sv", "BE": "nl"}
 
 
 @dataclass(frozen=True)
 class Drift:
-    vendor_id: str
-    policy_label: str
+    vendor_id: str | None  # None: every vendor (a label-wide drift)
+    policy_label: str | None  # None: every label (a vendor-wide drift)
     to_rate: float
     at_s: float
+    market: str | None = None  # only this market's decisions (a market-local drift)
 
     @classmethod
     def parse(cls, spec: str) -> Drift:
-        """Parse "vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=60"."""
+        """Parse "vendor=V02,label=SCAMS_AND_FRAUD,market=DE,to=0.09,at=60" (vendor, label, market optional)."""
         try:
-            parts = dict(item.split("=", 1) for item in spec.split(","))
-            return cls(parts["vendor"], parts["label"], float(parts["to"]), float(parts.get("at", "120")))
+            parts = dict(item.strip().split("=", 1) for item in spec.split(",") if item.strip())
+            unknown = set(parts) - {"vendor", "label", "market", "to", "at"}
+            if unknown or not ({"vendor", "label"} & set(parts)):
+                raise ValueError(f"unknown or missing keys {sorted(unknown)}")
+            return cls(
+                parts.get("vendor"),
+                parts.get("label"),
+                float(parts["to"]),
+                float(parts.get("at", "120")),
+                parts.get("market"),
+            )
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"bad drift spec {spec!r}: want vendor=V,label=L,to=RATE,at=SECONDS") from exc
+            raise ValueError(
+                f"bad drift spec {spec!r}: want [vendor=V,][label=L,][market=M,]to=RATE[,at=SECONDS]"
+                " with a vendor, a label or both"
+            ) from exc
+
+    @classmethod
+    def parse_all(cls, specs: str) -> list[Drift]:
+        """Several specs separated by ";"."""
+        return [cls.parse(spec) for spec in specs.split(";") if spec.strip()]
+
+    def applies(self, vendor: str, label: str, market: str) -> bool:
+        return self.vendor_id in (None, vendor) and self.policy_label in (None, label) and self.market in (None, market)
 
 
 @dataclass
@@ -68,7 +92,7 @@ class SimConfig:
     appeal_fraction: float = 0.02
     duration_s: float | None = None
     seed: int = 7
-    drift: Drift | None = None
+    drifts: tuple[Drift, ...] = ()
 
 
 def iso(ts: float) -> str:
@@ -88,10 +112,10 @@ class TrafficModel:
         self.pending: list[tuple[float, int, str, dict[str, object]]] = []
         self._seq = 0
 
-    def error_rate(self, vendor: str, label: str, now: float) -> float:
-        d = self.cfg.drift
-        if d and d.vendor_id == vendor and d.policy_label == label and now - self.start >= d.at_s:
-            return d.to_rate
+    def error_rate(self, vendor: str, label: str, now: float, market: str = "") -> float:
+        for d in self.cfg.drifts:
+            if now - self.start >= d.at_s and d.applies(vendor, label, market):
+                return d.to_rate
         return self.cfg.baseline
 
     def _push(self, at: float, kind: str, event: dict[str, object]) -> None:
@@ -107,6 +131,8 @@ class TrafficModel:
             vendor, label = r.choice(self.vendors), r.choice(self.labels)
             decision_id = str(uuid.UUID(int=r.getrandbits(128)))
             action = r.choice(ACTIONS)
+            market = r.choice(self.markets)
+            actor = r.choice(("HUMAN", "HUMAN", "MODEL", "HUMAN_ON_MODEL_SUGGESTION"))
             decision = {
                 "schema_version": 1,
                 "event_id": f"d-{decision_id}",
@@ -114,18 +140,22 @@ class TrafficModel:
                 "decision_id": decision_id,
                 "policy_label": label,
                 "vendor_id": vendor,
-                "market": r.choice(self.markets),
+                "market": market,
+                "content_language": LANGUAGES.get(market, "en"),
                 "action": action,
-                "actor_type": r.choice(("HUMAN", "HUMAN", "MODEL", "HUMAN_ON_MODEL_SUGGESTION")),
+                "actor_type": actor,
                 "entity_type": r.choice(ENTITIES),
                 "entity_id": f"e-{r.getrandbits(48):x}",
-                "queue_id": f"q-{label.lower()[:8]}",
+                "queue_id": f"q-{label.lower()[:8]}-{r.randrange(3)}",
+                "policy_version": "2026-10",
             }
+            if actor != "HUMAN":
+                decision.update(model_id="m-classifier", model_version=r.choice(("1.4", "1.5")))
             early = r.random() < cfg.early_verdict_fraction
             # An early verdict overtakes its decision: the decision is held back for a few seconds.
             self._push(now + (r.uniform(2, 8) if early else 0.0), "decision", decision)
             if r.random() < cfg.qa_fraction:
-                is_error = r.random() < self.error_rate(vendor, label, now)
+                is_error = r.random() < self.error_rate(vendor, label, now, market)
                 if is_error:
                     error_type = (
                         "UNDER_ENFORCEMENT"

@@ -36,6 +36,24 @@ class RateList(BaseModel):
     items: list[RateItem]
 
 
+class AttributionItem(BaseModel):
+    dimension: str
+    value: str
+    share: float = Field(description="fraction of the scope's excess errors since onset in this slice")
+    observed_rate: float | None
+    baseline_rate: float | None
+    verdicts: int
+
+
+class Impact(BaseModel):
+    decisions: int = Field(description="decisions made in the alert's scope since onset")
+    estimated_wrong: int
+    ci_low: int
+    ci_high: int
+    excess_wrong: int = Field(description="estimated wrong beyond what the baseline rate would have made")
+    by_error_type: dict[str, int]
+
+
 class AlertItem(BaseModel):
     alert_id: str
     dedup_key: str
@@ -58,6 +76,17 @@ class AlertItem(BaseModel):
     errors: int
     summary: str
     historical: bool = Field(False, description="raised while catching up on old history: recorded, not paged")
+    scope: Literal["pair", "policy_label", "vendor"] = Field(
+        "pair", description='pair; policy_label (vendor_id "*": the label across vendors); vendor (policy_label "*")'
+    )
+    parent_alert_id: str | None = Field(
+        None, description="the firing wider-scope alert this one was raised under (linked, not paged on its own)"
+    )
+    baseline_source: str = Field("", description="operator, learned, sla, or learning:<prior>")
+    attribution: list[AttributionItem] | None = Field(
+        None, description="slices where the excess errors since onset sit, largest share first (Adtributor)"
+    )
+    impact: Impact | None = Field(None, description="decisions in scope since onset and how many are wrong")
     links: dict[str, str]
 
 
@@ -186,4 +215,7 @@ EXPORT_COLUMNS = (
     "errors",
     "summary",
     "historical",
+    "scope",
+    "parent_alert_id",
+    "baseline_source",
 )

@@ -64,6 +64,7 @@ class CommonSettings(BaseSettings):
     topic_events: str = "modq.events"
     topic_outcomes: str = "modq.pair-outcomes"
     topic_alert_actions: str = "modq.alert-actions"
+    topic_remediations: str = "quality.remediations"
     partitions: int = Field(8, ge=1, description="partitions of modq.events and the scorer's tables")
     public_api_url: str = "http://127.0.0.1:8000"
     metric_policy_labels: str = Field("", description="comma list of policy labels with their own metric labels")
@@ -134,6 +135,9 @@ class ScorerSettings(CommonSettings):
     arl0: float | None = Field(None, gt=10, description="fixed ARL0 per monitor; unset: from the fleet budget")
     false_alerts_per_day: float = Field(1.0, gt=0, description="fleet-wide false-alert budget")
     monitored_pairs: int = Field(320, ge=1, description="(policy_label, vendor_id) pairs in the fleet")
+    rereview_sample_rate: float = Field(
+        0.02, ge=0, le=1, description="share of decisions kept (by a hash of their id) for re-review queues"
+    )
     monitored_labels: int = Field(40, ge=0, description="policy labels in the fleet (each a label-wide monitor)")
     monitored_vendors: int = Field(8, ge=0, description="vendors in the fleet (each a vendor-wide monitor)")
     min_arl0: float = Field(5_000, gt=10)

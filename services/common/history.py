@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
+import orjson
 from sqlalchemy import and_, case, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alert_history, alerts, insert_for, silences
+from services.common.db import alert_history, alerts, insert_for, remediations, silences
+from services.common.evidence import gather
 from services.contracts.actions import AlertAction
 from services.contracts.alerts import AlertEvent
+from services.contracts.remediations import Remediation
 
 
 def parse_ts(value: str | None) -> datetime | None:
@@ -154,3 +158,57 @@ async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
                 .on_conflict_do_nothing(index_elements=["event_id"])
             )
             await conn.execute(history)
+
+
+async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
+    """Store the alert's attribution and impact as of this change (final once it resolves): what the
+    list endpoints, the CSV and the history show without recomputing."""
+    onset = parse_ts(event.onset_at)
+    assert onset is not None
+    found = await gather(
+        engine,
+        scope=event.scope,
+        policy_label=event.policy_label,
+        vendor_id=event.vendor_id,
+        rule=event.rule,
+        onset=onset,
+        end=parse_ts(event.resolved_at),
+        baseline=event.baseline_rate,
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(alerts)
+            .where(alerts.c.alert_id == event.alert_id)
+            .values(attribution=orjson.dumps(found.attribution).decode(), impact=orjson.dumps(found.impact).decode())
+        )
+
+
+async def record_remediation(engine: AsyncEngine, r: Remediation) -> None:
+    """Upsert one finding: a replay changes nothing, and ``retracted`` is never undone by an ``open``
+    that arrives after it (a finding retracted stays retracted)."""
+    row = {
+        "remediation_id": r.remediation_id,
+        "decision_id": r.decision_id,
+        "entity_type": r.entity_type,
+        "entity_id": r.entity_id,
+        "policy_label": r.policy_label,
+        "vendor_id": r.vendor_id,
+        "market": r.market,
+        "action": r.action,
+        "error_type": r.error_type,
+        "recommendation": r.recommendation,
+        "finding": r.finding,
+        "evidence": orjson.dumps(msgspec.to_builtins(r.evidence)).decode(),
+        "status": r.status,
+        "decided_at": parse_ts(r.decided_at),
+        "found_at": parse_ts(r.found_at),
+        "updated_at": datetime.now(tz=UTC),
+    }
+    stmt = insert_for(engine, remediations).values(row)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["remediation_id"],
+        set_={"status": stmt.excluded.status, "updated_at": stmt.excluded.updated_at},
+        where=and_(remediations.c.status == "open", stmt.excluded.status == "retracted"),
+    )
+    async with engine.begin() as conn:
+        await conn.execute(stmt)

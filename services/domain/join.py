@@ -8,15 +8,19 @@ replaying or shuffling a stream yields the same counts.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
+from services.contracts.alerts import iso
 from services.contracts.batches import WireAppeal, WireDecision, WireEvent, WireVerdict
 from services.contracts.codes import (
     ACTOR_TYPES,
+    APPEAL_OUTCOMES,
+    ERROR_TYPES,
     INCORRECT,
     OVER_ENFORCEMENT,
     OVERTURNING_OUTCOMES,
@@ -25,6 +29,14 @@ from services.contracts.codes import (
     WRONG_ACTION,
     WRONG_LABEL,
 )
+from services.contracts.remediations import (
+    APPEAL_ERROR_TYPES,
+    Remediation,
+    Status,
+    recommend,
+    remediation_id,
+)
+from services.contracts.remediations import Evidence as RemediationEvidence
 from services.domain.rates import BucketKey, Counts, bucket_start
 
 
@@ -134,12 +146,20 @@ class Deltas:
     ``rows()`` folds the two together.
     """
 
-    __slots__ = ("buckets", "decisions", "outcomes")
+    __slots__ = ("buckets", "decisions", "findings", "judged", "outcomes", "sample_per_10k", "samples")
 
-    def __init__(self) -> None:
+    def __init__(self, sample_rate: float = 0.0) -> None:
         self.buckets: dict[BucketKey, Counts] = {}
         self.decisions: dict[BucketKey, int] = {}
         self.outcomes: list[JudgedVerdict] = []
+        self.findings: list[Remediation] = []  # remediation events (findings opened or retracted)
+        # The re-review sample: decisions whose id hashes below the rate, and those of them judged.
+        self.sample_per_10k = round(sample_rate * 10_000)
+        self.samples: list[tuple[str, DecisionAttrs, bool]] = []
+        self.judged: list[str] = []
+
+    def sampled(self, decision_id: str) -> bool:
+        return self.sample_per_10k > 0 and in_sample(decision_id, self.sample_per_10k)
 
     def rows(self) -> dict[BucketKey, Counts]:
         """Every bucket's changes as a full row of counts."""
@@ -191,6 +211,48 @@ class Deltas:
         )
 
 
+def qa_finding(decision_id: str, attrs: DecisionAttrs, v: CurrentVerdict, status: Status) -> Remediation:
+    error_type = ERROR_TYPES[v.error_type] if 0 <= v.error_type < len(ERROR_TYPES) else "NONE"
+    return Remediation(
+        remediation_id=remediation_id("qa", decision_id, v.verdict_id),
+        decision_id=decision_id,
+        entity_type=attrs.entity_type,
+        entity_id=attrs.entity_id,
+        policy_label=attrs.policy_label,
+        vendor_id=attrs.vendor_id,
+        market=attrs.market,
+        action=attrs.action,
+        error_type=error_type,
+        recommendation=recommend(error_type, attrs.action),
+        evidence=RemediationEvidence(verdict_ids=[v.verdict_id]),
+        status=status,
+        finding="qa",
+        decided_at=iso(attrs.t_ms),
+        found_at=iso(v.t_ms),
+    )
+
+
+def appeal_finding(decision_id: str, attrs: DecisionAttrs, appeal_id: str, outcome: int, t_ms: int) -> Remediation:
+    error_type = APPEAL_ERROR_TYPES[APPEAL_OUTCOMES[outcome]]
+    return Remediation(
+        remediation_id=remediation_id("appeal", decision_id, appeal_id),
+        decision_id=decision_id,
+        entity_type=attrs.entity_type,
+        entity_id=attrs.entity_id,
+        policy_label=attrs.policy_label,
+        vendor_id=attrs.vendor_id,
+        market=attrs.market,
+        action=attrs.action,
+        error_type=error_type,
+        recommendation=recommend(error_type, attrs.action),
+        evidence=RemediationEvidence(appeal_ids=[appeal_id]),
+        status="open",
+        finding="appeal",
+        decided_at=iso(attrs.t_ms),
+        found_at=iso(t_ms),
+    )
+
+
 def _count_verdict(row: Counts, v: CurrentVerdict, sign: int) -> None:
     if v.code == UNABLE_TO_JUDGE:
         row.unable_to_judge += sign
@@ -220,10 +282,17 @@ def _replaces(new: CurrentVerdict, cur: CurrentVerdict) -> bool:
     return (new.t_ms, new.verdict_id) > (cur.t_ms, cur.verdict_id)
 
 
+def in_sample(decision_id: str, per_10k: int) -> bool:
+    """Whether a decision is in the re-review sample: a hash of its id, the same in every process."""
+    return zlib.crc32(b"rereview|" + decision_id.encode()) % 10_000 < per_10k
+
+
 def new_decision(ev: WireDecision, deltas: Deltas) -> DecisionState:
     """The state of a decision seen first (the common case, so kept to the least work)."""
     attrs = attrs_of(ev)
     deltas.decision(attrs)
+    if deltas.sample_per_10k and deltas.sampled(ev.decision_id):
+        deltas.samples.append((ev.decision_id, attrs, False))
     return DecisionState(attrs, None, None, ev.t_ms)
 
 
@@ -236,11 +305,17 @@ def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> t
             return state, False
         attrs = state.attrs = attrs_of(ev)
         deltas.decision(attrs)
+        if deltas.sample_per_10k and deltas.sampled(ev.decision_id):
+            deltas.samples.append((ev.decision_id, attrs, state.verdict is not None))
         if state.verdict is not None:
             deltas.verdict(attrs, state.verdict, +1)
             deltas.feed_detector(attrs, state.verdict)
-        for outcome, a_ms in (state.appeals or {}).values():
+            if state.verdict.code == INCORRECT:
+                deltas.findings.append(qa_finding(ev.decision_id, attrs, state.verdict, "open"))
+        for appeal_id, (outcome, a_ms) in (state.appeals or {}).items():
             deltas.appeal(attrs, outcome, a_ms)
+            if outcome in OVERTURNING_OUTCOMES:
+                deltas.findings.append(appeal_finding(ev.decision_id, attrs, appeal_id, outcome, a_ms))
     elif isinstance(ev, WireVerdict):
         new = CurrentVerdict(ev.verdict_id, ev.code, ev.error_type, ev.t_ms, ev.weight, ev.supersedes)
         cur = state.verdict
@@ -250,11 +325,17 @@ def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> t
             if cur is not None:
                 deltas.verdict(state.attrs, cur, -1)
                 new.fed = cur.fed
+                if cur.code == INCORRECT:
+                    deltas.findings.append(qa_finding(ev.decision_id, state.attrs, cur, "retracted"))
             deltas.verdict(state.attrs, new, +1)
             deltas.feed_detector(state.attrs, new)
+            if new.code == INCORRECT:
+                deltas.findings.append(qa_finding(ev.decision_id, state.attrs, new, "open"))
         elif cur is not None:
             new.fed = cur.fed
         state.verdict = new
+        if deltas.sample_per_10k and state.attrs is not None and deltas.sampled(ev.decision_id):
+            deltas.judged.append(ev.decision_id)
     elif isinstance(ev, WireAppeal):
         appeals = state.appeals if state.appeals is not None else {}
         if ev.appeal_id in appeals:
@@ -263,6 +344,8 @@ def apply_event(state: DecisionState | None, ev: WireEvent, deltas: Deltas) -> t
         state.appeals = appeals
         if state.attrs is not None:
             deltas.appeal(state.attrs, ev.outcome, ev.t_ms)
+            if ev.outcome in OVERTURNING_OUTCOMES:
+                deltas.findings.append(appeal_finding(ev.decision_id, state.attrs, ev.appeal_id, ev.outcome, ev.t_ms))
     state.touched_ms = max(state.touched_ms, ev.t_ms)
     return state, True
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 import msgspec
 import orjson
 
+from services.common.evidence import Evidence
 from services.contracts.actions import AlertAction
 from services.contracts.alerts import RULE_ERROR_TYPES, AlertEvent
 
@@ -34,6 +35,7 @@ class Notice:
     vendor_id: str
     alert: AlertEvent | None = None
     action: AlertAction | None = None
+    evidence: Evidence | None = None  # attribution and impact, added by the notifier before sending
 
     @property
     def scope(self) -> str:
@@ -77,7 +79,10 @@ def links(api_url: str, n: Notice) -> dict[str, str]:
     base = api_url.rstrip("/")
     out = {"rates": f"{base}/v1/rates?{urlencode({'policy_label': n.policy_label, 'vendor_id': n.vendor_id})}"}
     if n.alert_id:
-        out["alert"] = f"{base}/v1/alerts/{quote(n.alert_id)}"
+        alert = f"{base}/v1/alerts/{quote(n.alert_id)}"
+        out.update(alert=alert, findings=f"{alert}/findings", rereview=f"{alert}/rereview")
+    if n.alert is not None and n.alert.parent_alert_id:
+        out["parent"] = f"{base}/v1/alerts/{quote(n.alert.parent_alert_id)}"
     return out
 
 
@@ -97,10 +102,16 @@ def describe(n: Notice) -> str:
     if a is not None and n.state == "firing":
         what = "error rate" if a.error_type == "ANY" else f"{a.error_type.lower().replace('_', '-')} rate"
         ratio = f", x{a.observed_rate / a.baseline_rate:.1f}" if a.baseline_rate > 0 else ""
+        held = (
+            f", held to {a.baseline_source[9:].replace('_', ' ')} prior"
+            if a.baseline_source.startswith("learning:")
+            else ""
+        )
         return (
             f"{pair}: {what} {a.observed_rate:.1%} (95% CI {a.ci_low:.1%}-{a.ci_high:.1%}) against a baseline of "
-            f"{a.baseline_rate:.1%} ({(a.observed_rate - a.baseline_rate) * 100:+.1f} pp{ratio}) "
+            f"{a.baseline_rate:.1%}{held} ({(a.observed_rate - a.baseline_rate) * 100:+.1f} pp{ratio}) "
             f"on {a.verdicts} verdicts since {a.onset_at}"
+            + (f"; {n.evidence.words}" if n.evidence and n.evidence.words else "")
         )
     if a is not None and n.state == "resolved":
         return f"{pair}: {n.rule} back at baseline {a.baseline_rate:.1%} (resolved at {a.resolved_at})"
@@ -132,9 +143,15 @@ def alertmanager_alert(n: Notice, api_url: str, starts_at: str, ends_at: str) ->
         annotations.update(
             observed_rate=f"{n.alert.observed_rate:.4f}",
             baseline_rate=f"{n.alert.baseline_rate:.4f}",
+            baseline_source=n.alert.baseline_source,
             verdicts=str(n.alert.verdicts),
             onset_at=n.alert.onset_at,
         )
+        if n.alert.parent_alert_id:
+            annotations["parent_alert_id"] = n.alert.parent_alert_id
+    if n.evidence is not None:
+        annotations["attribution"] = orjson.dumps(n.evidence.attribution).decode()
+        annotations["impact"] = orjson.dumps(n.evidence.impact).decode()
     return {
         "labels": labels,
         "annotations": annotations,
@@ -172,6 +189,10 @@ def pagerduty_event(n: Notice, routing_key: str, api_url: str) -> dict[str, Any]
                 "verdicts": a.verdicts,
                 "errors": a.errors,
                 "onset_at": a.onset_at,
+                "scope": a.scope,
+                "baseline_source": a.baseline_source,
+                "attribution": n.evidence.attribution if n.evidence else None,
+                "impact": n.evidence.impact if n.evidence else None,
             },
         }
         body["links"] = [{"href": href, "text": f"modq {name}"} for name, href in links(api_url, n).items()]
@@ -218,7 +239,10 @@ def webhook_body(n: Notice, api_url: str) -> bytes:
             "error_type": n.error_type,
             "summary": describe(n),
             "links": links(api_url, n),
+            "scope": n.scope,
             "alert": msgspec.to_builtins(n.alert) if n.alert else None,
+            "attribution": n.evidence.attribution if n.evidence else None,
+            "impact": n.evidence.impact if n.evidence else None,
             "action": msgspec.to_builtins(n.action) if n.action else None,
         }
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -31,13 +32,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import NotifierSettings
 from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
-from services.common.history import apply_action, record_alert_change
+from services.common.evidence import gather
+from services.common.history import (
+    apply_action,
+    parse_ts,
+    record_alert_change,
+    record_evidence,
+    record_remediation,
+)
 from services.common.kafka import ensure_topics, make_consumer
 from services.common.migrate import ensure_schema
 from services.common.unreadable import ConsumerHealth
 from services.contracts.actions import decode_action
 from services.contracts.alerts import AlertEvent
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
+from services.contracts.remediations import Remediation, decode_remediation
 from services.notifier.messages import Notice, notice_of_action, notice_of_alert
 from services.notifier.receivers import (
     AlertmanagerReceiver,
@@ -157,7 +166,7 @@ class Notifier:
 
     @property
     def lanes(self) -> list[str]:
-        return ["history", *(r.name for r in self.receivers)]
+        return ["history", "remediations", *(r.name for r in self.receivers)]
 
     async def run(self) -> None:
         """Run every lane until stop(); a lane that fails unexpectedly is restarted after a pause."""
@@ -207,10 +216,14 @@ class Notifier:
 
     async def _lane(self, name: str) -> None:
         s = self.settings
-        consumer = make_consumer(
-            s, s.topic_alerts, s.topic_alert_actions, group_id=f"{s.notifier_group_id}-{name}", guard=self.health
-        )
-        handler = self._record_history if name == "history" else self._deliver_to(name)
+        topics = (s.topic_remediations,) if name == "remediations" else (s.topic_alerts, s.topic_alert_actions)
+        consumer = make_consumer(s, *topics, group_id=f"{s.notifier_group_id}-{name}", guard=self.health)
+        handler: Callable[[Any], Awaitable[None]]
+        if name == "remediations":
+            handler, decode = self._record_remediation, lambda r: decode_remediation(r.value or b"")
+        else:
+            handler = self._record_history if name == "history" else self._deliver_to(name)
+            decode = lambda r: decode_notice(r, s)  # noqa: E731
         attempt = 0
         while True:
             try:
@@ -229,7 +242,7 @@ class Notifier:
                 for tp, records in batch.items():
                     for record in records:
                         try:
-                            notice = decode_notice(record, s)
+                            notice = decode(record)
                         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                             self.metrics.bad_records.inc()
                             log.error("undecodable alert record skipped", extra={"topic": tp.topic, "error": str(exc)})
@@ -249,6 +262,13 @@ class Notifier:
             await self._db(lambda: apply_action(engine, action))
         elif alert is not None:
             await self._db(lambda: record_alert_change(engine, alert))
+            await self._db(lambda: record_evidence(engine, alert))
+
+    async def _record_remediation(self, remediation: Remediation) -> None:
+        """The remediations lane: each finding into the ``remediations`` table (idempotent)."""
+        assert self.engine is not None
+        engine = self.engine
+        await self._db(lambda: record_remediation(engine, remediation))
 
     def _deliver_to(self, name: str) -> Callable[[Notice], Awaitable[None]]:
         receiver = next(r for r in self.receivers if r.name == name)
@@ -275,6 +295,8 @@ class Notifier:
             if await self._db(lambda: self._suppressed(name, notice)):
                 outcome = "suppressed"
             else:
+                if notice.alert is not None and notice.state in ("firing", "resolved"):
+                    notice = await self._db(lambda: self._with_evidence(notice))
                 outcome = await self._send(receiver, notice)
                 if outcome == "skipped":
                     return
@@ -286,6 +308,24 @@ class Notifier:
             )
 
         return handle
+
+    async def _with_evidence(self, notice: Notice) -> Notice:
+        """The notice with its alert's attribution and impact, from the database's exact counts."""
+        a = notice.alert
+        assert a is not None and self.engine is not None
+        onset = parse_ts(a.onset_at)
+        assert onset is not None
+        found = await gather(
+            self.engine,
+            scope=a.scope,
+            policy_label=a.policy_label,
+            vendor_id=a.vendor_id,
+            rule=a.rule,
+            onset=onset,
+            end=parse_ts(a.resolved_at),
+            baseline=a.baseline_rate,
+        )
+        return dataclasses.replace(notice, evidence=found)
 
     async def _send(self, receiver: Receiver, notice: Notice) -> str:
         attempt = 0
@@ -382,5 +422,10 @@ class Notifier:
 
 async def ensure_notifier_topics(settings: NotifierSettings) -> None:
     await ensure_topics(
-        settings, {settings.topic_alerts: settings.partitions, settings.topic_alert_actions: settings.partitions}
+        settings,
+        {
+            settings.topic_alerts: settings.partitions,
+            settings.topic_alert_actions: settings.partitions,
+            settings.topic_remediations: settings.partitions,
+        },
     )

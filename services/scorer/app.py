@@ -316,6 +316,13 @@ class Scorer:
                     self.book.failed(write)
                     self.metrics.flush_failures.inc()
                     log.exception("bucket flush failed; will retry", extra={"buckets": write.row_count()})
+            samples, judged = self.stage.take_samples()
+            if samples or judged:
+                try:
+                    await self.sink.write_samples(samples, judged)
+                except Exception:
+                    self.stage.return_samples(samples, judged)
+                    log.exception("re-review sample write failed; will retry", extra={"decisions": len(samples)})
         self.metrics.dirty_buckets.set(self.book.pending_rows())
         return written
 

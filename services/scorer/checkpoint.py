@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -42,6 +42,7 @@ class Checkpoint:
         books: dict[int, bytes],
         written: dict[int, dict[bytes, bytes | None]],
         offsets: dict[TopicPartition, int],
+        also: Callable[[], Awaitable[list[asyncio.Future[Any]]]] | None = None,
     ) -> None:
         """Outcomes and book records durable, then the state that marks them fed and counted, then
         the offsets: rounds in order. A round's book record is durable before any of its state
@@ -51,6 +52,8 @@ class Checkpoint:
         producer = self._producer()
         # Sent here, after the round before: a pair's outcomes must stay in source-offset order.
         first = [await producer.send(self.outcomes_topic, payload, key=key) for key, payload in outcomes.items()]
+        if also is not None:  # the round's remediation events: durable, like its outcomes, before its state
+            first.extend(await also())
         book_sends = {
             p: await producer.send(
                 self.changelog, rows, key=book_key(offsets[TopicPartition(self.topic, p)]), partition=p

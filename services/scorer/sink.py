@@ -13,9 +13,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import bucket_owners, insert_for, rate_buckets, slice_buckets
+from services.common.db import (
+    SLICE_DIMENSIONS,
+    bucket_owners,
+    decision_samples,
+    insert_for,
+    rate_buckets,
+    slice_buckets,
+)
 from services.domain.book import BookWrite
-from services.domain.join import split_slice
+from services.domain.join import DecisionAttrs, split_slice
 from services.domain.rates import COUNT_FIELDS, BucketKey, Counts
 
 UPSERT_CHUNK_ROWS = 5_000
@@ -229,6 +236,9 @@ class DbSink:
                 )
         return result
 
+    async def write_samples(self, samples: dict[str, tuple[DecisionAttrs, bool]], judged: set[str]) -> None:
+        await _write_samples(self.engine, samples, judged)
+
     async def _pg_write_book(self, write: BookWrite) -> WriteResult:
         """On PostgreSQL, straight through asyncpg: the rows are copied (binary COPY) into a
         temporary table and added from there in one statement, which costs PostgreSQL a fraction
@@ -274,3 +284,45 @@ class DbSink:
                 if through:
                     await pg.execute(PG_SET_APPLIED, list(through), list(through.values()), now)
         return result
+
+
+async def _write_samples(engine: AsyncEngine, samples: dict[str, tuple[DecisionAttrs, bool]], judged: set[str]) -> None:
+    """Upsert the re-review sample's decisions (judged only ever goes from false to true)."""
+    now = datetime.now(tz=UTC)
+    async with engine.begin() as conn:
+        if samples:
+            stmt = insert_for(engine, decision_samples)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["decision_id"],
+                set_={
+                    "judged": decision_samples.c.judged | stmt.excluded.judged,
+                    "updated_at": stmt.excluded.updated_at,
+                },
+            )
+            rows = []
+            for did, (a, was_judged) in samples.items():
+                slices = dict(zip(SLICE_DIMENSIONS, a.slices, strict=False))
+                rows.append(
+                    {
+                        "decision_id": did,
+                        "policy_label": a.policy_label,
+                        "vendor_id": a.vendor_id,
+                        "market": a.market,
+                        **{d: slices.get(d, "") for d in SLICE_DIMENSIONS},
+                        "entity_type": a.entity_type,
+                        "entity_id": a.entity_id,
+                        "action": a.action,
+                        "decided_at": _ts(a.t_ms),
+                        "judged": was_judged or did in judged,
+                        "updated_at": now,
+                    }
+                )
+            await conn.execute(stmt, rows)
+        if judged:
+            ids = sorted(judged)
+            for i in range(0, len(ids), 1_000):
+                await conn.execute(
+                    update(decision_samples)
+                    .where(decision_samples.c.decision_id.in_(ids[i : i + 1_000]))
+                    .values(judged=True, updated_at=now)
+                )

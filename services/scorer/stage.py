@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +44,16 @@ from services.common.config import ScorerSettings
 from services.common.kafka import BrokerWatch, RebalanceListener, make_consumer, make_producer, seek_to_committed
 from services.common.unreadable import ConsumerHealth, GuardedConsumer
 from services.contracts.pairs import group_outcomes
+from services.contracts.remediations import Remediation
 from services.domain.book import RateBook, encode_rows
 from services.domain.catchup import Lane
-from services.domain.join import Deltas, JudgedVerdict, score_batch
+from services.domain.join import DecisionAttrs, Deltas, JudgedVerdict, score_batch
 from services.scorer.checkpoint import Checkpoint
 from services.scorer.expiry import Expiry
 from services.scorer.heads import HeadWatch
 from services.scorer.merge import EventTimeMerge, Pending
 from services.scorer.recovery import Claim, Recovery
+from services.scorer.remediations import RemediationLog
 from services.scorer.stores import PartitionStores, remove_stores_of_dead_processes
 
 log = logging.getLogger("modq.scorer.stage")
@@ -109,6 +111,10 @@ class DecisionStage:
             lambda: self.owned,
         )
         self.merge = EventTimeMerge(MAX_BUFFERED_EVENTS)
+        self.remediations = RemediationLog(settings)
+        # The re-review sample's new decisions and newly judged ones, until the next database write.
+        self.samples: dict[str, tuple[DecisionAttrs, bool]] = {}
+        self.judged: set[str] = set()
         self.recovery = Recovery(
             settings,
             self.changelog,
@@ -333,18 +339,28 @@ class DecisionStage:
         written: dict[int, dict[bytes, bytes | None]] = {}
         offsets: dict[TopicPartition, int] = {}
         round_deltas: dict[int, Deltas] = {}  # a partition's bucket changes summed over the round
+        findings: list[tuple[int, int, list[tuple[int, Remediation]]]] = []
+        rate = self.settings.rereview_sample_rate
         newest_ms = events = 0
         for _, p, offset, batch in ready:
             states = self.states.open(p)
             # A record replayed below the partition's counted offset changes state only: its bucket
             # changes are in the database or in the book already.
             counted = offset < self.book.counted_to(p)
-            deltas = Deltas() if counted else round_deltas.setdefault(p, Deltas())
-            fed_before = len(deltas.outcomes)
+            deltas = Deltas(rate) if counted else round_deltas.setdefault(p, Deltas(rate))
+            fed_before, found_before = len(deltas.outcomes), len(deltas.findings)
+            sampled_before, judged_before = len(deltas.samples), len(deltas.judged)
             writes, _ = score_batch(batch, states.get, into=deltas)
             states.write(writes)
             written.setdefault(p, {}).update(writes)
             chunks.append((p, offset, deltas.outcomes[fed_before:]))
+            for did, attrs, judged in deltas.samples[sampled_before:]:
+                self.samples[did] = (attrs, judged or self.samples.get(did, (attrs, False))[1])
+            self.judged.update(deltas.judged[judged_before:])
+            if len(deltas.findings) > found_before:
+                new = self.remediations.select(p, offset, deltas.findings[found_before:])
+                if new:
+                    findings.append((p, offset, new))
             offsets[TopicPartition(self.topic, p)] = offset + 1
             self.progress[p] = (offset + 1, time.monotonic())
             events += len(batch)
@@ -364,7 +380,9 @@ class DecisionStage:
         if self.on_batch is not None and ready:
             self.on_batch(len(ready), events, sum(len(fed) for *_, fed in chunks), newest_ms)
         previous = self._rounds[-1][0] if self._rounds else None
-        task = asyncio.create_task(self.checkpoint.make_durable(previous, outcomes, books, written, offsets))
+        task = asyncio.create_task(
+            self.checkpoint.make_durable(previous, outcomes, books, written, offsets, self._sender(findings))
+        )
         self._rounds.append((task, set(written) | set(books)))
 
     # -- rebalancing and recovery -----------------------------------------------------------
@@ -423,8 +441,37 @@ class DecisionStage:
                 delay = min(delay * 2, 30.0)
 
     async def _recover(self, parts: set[int]) -> int:
-        """``Recovery.recover``: state and book of ``parts`` from the changelog, then claimed."""
-        return await self.recovery.recover(parts)
+        """``Recovery.recover``: state and book of ``parts`` from the changelog, then claimed; and how
+        far their remediations went out (``RemediationLog``)."""
+        records = await self.recovery.recover(parts)
+        await self.remediations.recover(parts)
+        return records
+
+    def take_samples(self) -> tuple[dict[str, tuple[DecisionAttrs, bool]], set[str]]:
+        samples, judged, self.samples, self.judged = self.samples, self.judged, {}, set()
+        return samples, judged
+
+    def return_samples(self, samples: dict[str, tuple[DecisionAttrs, bool]], judged: set[str]) -> None:
+        """A failed write's samples, kept for the next one."""
+        for did, row in samples.items():
+            self.samples.setdefault(did, row)
+        self.judged |= judged
+
+    def _sender(
+        self, findings: list[tuple[int, int, list[tuple[int, Remediation]]]]
+    ) -> Callable[[], Awaitable[list[asyncio.Future[Any]]]] | None:
+        """Sends a round's remediation events (with its outcomes, before its state)."""
+        if not findings:
+            return None
+
+        async def send() -> list[asyncio.Future[Any]]:
+            producer = self._producer()
+            out: list[asyncio.Future[Any]] = []
+            for p, offset, items in findings:
+                out.extend(await self.remediations.send(producer, p, offset, items))
+            return out
+
+        return send
 
     async def _roll_back(self, parts: set[int]) -> None:
         """After a failed write: state and book from the changelog, consumption from the committed

@@ -29,6 +29,7 @@ from services.api.schemas import (
 )
 from services.common.auth import Principal
 from services.common.config import ApiSettings
+from services.common.evidence import Evidence, gather
 from services.common.history import apply_action
 from services.contracts.actions import new_action
 
@@ -39,12 +40,28 @@ ALERT_FIELDS = tuple(f for f in AlertItem.model_fields if f != "links")
 
 def links(settings: ApiSettings, row: Any) -> dict[str, str]:
     base = settings.public_api_url.rstrip("/")
-    pair = urlencode({"policy_label": row["policy_label"], "vendor_id": row["vendor_id"]})
-    return {"self": f"{base}/v1/alerts/{quote(str(row['alert_id']), safe='')}", "rates": f"{base}/v1/rates?{pair}"}
+    scoped = {k: row[k] for k in ("policy_label", "vendor_id") if row[k] != "*"}
+    me = f"{base}/v1/alerts/{quote(str(row['alert_id']), safe='')}"
+    out = {
+        "self": me,
+        "rates": f"{base}/v1/rates?{urlencode(scoped)}",
+        "findings": f"{me}/findings",
+        "rereview": f"{me}/rereview",
+    }
+    if row.get("parent_alert_id"):
+        out["parent"] = f"{base}/v1/alerts/{quote(str(row['parent_alert_id']), safe='')}"
+    return out
 
 
-def alert_item(settings: ApiSettings, row: dict[str, object]) -> AlertItem:
+def _stored(row: Any) -> dict[str, Any]:
+    return {k: orjson.loads(row[k]) if row.get(k) else None for k in ("attribution", "impact")}
+
+
+def alert_item(settings: ApiSettings, row: dict[str, object], evidence: Evidence | None = None) -> AlertItem:
     data = aware(row)
+    data.update(_stored(row))
+    if evidence is not None:
+        data.update(attribution=evidence.attribution, impact=evidence.impact)
     data["links"] = links(settings, row)
     return AlertItem.model_validate(data)
 
@@ -52,7 +69,8 @@ def alert_item(settings: ApiSettings, row: dict[str, object]) -> AlertItem:
 def alert_json(settings: ApiSettings, row: Any) -> dict[str, Any]:
     """An AlertItem for orjson (``OPT_NAIVE_UTC``: its datetimes as RFC 3339, naive ones from
     SQLite as UTC), without a model round trip (the list endpoint's hot path)."""
-    out = {f: row[f] for f in ALERT_FIELDS}
+    out = {f: row[f] for f in ALERT_FIELDS if f not in ("attribution", "impact")}
+    out.update(_stored(row))
     out["links"] = links(settings, row)
     return out
 
@@ -123,7 +141,26 @@ async def export_alerts(
 
 @router.get("/v1/alerts/{alert_id}", response_model=AlertItem, dependencies=read)
 async def get_alert(alert_id: str, engine: EngineDep, settings: SettingsDep) -> AlertItem:
-    return alert_item(settings, await load_alert(engine, alert_id))
+    """One alert; while it fires, its attribution and impact are computed afresh from the counts."""
+    row = await load_alert(engine, alert_id)
+    evidence = None
+    if row["status"] != "resolved" or row.get("impact") is None:
+        evidence = await evidence_of(engine, row)
+    return alert_item(settings, row, evidence)
+
+
+async def evidence_of(engine: AsyncEngine, row: dict[str, Any]) -> Evidence:
+    r = aware(row)
+    return await gather(
+        engine,
+        scope=r["scope"],
+        policy_label=r["policy_label"],
+        vendor_id=r["vendor_id"],
+        rule=r["rule"],
+        onset=r["onset_at"],
+        end=r["resolved_at"],
+        baseline=r["baseline_rate"],
+    )
 
 
 async def act_on_alert(

@@ -1,0 +1,80 @@
+"""Attribution (Adtributor's explanatory power and surprise) and impact, against hand arithmetic and
+independent references."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from services.domain.attribution import _js_term, attribute, in_words, scope_excess
+from services.domain.impact import impact
+from services.domain import impact as impact_mod
+
+
+def test_the_surprise_terms_sum_to_scipys_jensen_shannon_divergence() -> None:
+    p = [0.5, 0.3, 0.2]
+    q = [0.8, 0.1, 0.1]
+    ours = sum(_js_term(a, b) for a, b in zip(p, q, strict=True))
+    assert ours == pytest.approx(jensenshannon(p, q) ** 2, rel=1e-12)  # scipy: the square root, base e
+
+
+def test_an_excess_in_one_market_is_named_first_with_its_share() -> None:
+    # Before: every market at 3%. Since: DE at 15% on 1,000 verdicts, FR and IT at 3%.
+    before = {"market": {"DE": (10_000, 300), "FR": (10_000, 300), "IT": (10_000, 300)}}
+    since = {
+        "market": {"DE": (1_000, 150), "FR": (1_000, 30), "IT": (1_000, 30)},
+        # The queue is spread evenly over the markets: the excess splits three ways, not succinct.
+        "queue_id": {"Q1": (1_000, 70), "Q2": (1_000, 70), "Q3": (1_000, 70)},
+    }
+    total_before, total_since = (30_000, 900), (3_000, 210)
+    excess = scope_excess(total_before, total_since, 0.03)
+    # Hand arithmetic: rate before (900 + 50 * 0.03) / (30,000 + 50) = 0.03; 210 - 3,000 * 0.03 = 120.
+    assert excess == pytest.approx(120.0)
+    slices = attribute(before, since, 0.03, excess)
+    assert [(s.dimension, s.value) for s in slices] == [("market", "DE")]
+    de = slices[0]
+    # DE's expected errors: 1,000 * (300 + 1.5) / 10,050 = 30.0; excess 120 of 120.
+    assert de.share == pytest.approx((150 - 1_000 * 301.5 / 10_050) / 120)
+    assert de.observed_rate == 0.15 and de.verdicts == 1_000
+    assert in_words(slices) == "100% of the excess is in market DE"
+
+
+def test_two_dimensions_that_both_concentrate_are_both_named() -> None:
+    before = {
+        "market": {"DE": (5_000, 150), "FR": (5_000, 150)},
+        "queue_id": {"Q7": (2_000, 60), "Q1": (8_000, 240)},
+    }
+    since = {"market": {"DE": (500, 100), "FR": (500, 15)}, "queue_id": {"Q7": (300, 85), "Q1": (700, 30)}}
+    excess = scope_excess((10_000, 300), (1_000, 115), 0.03)
+    slices = attribute(before, since, 0.03, excess)
+    assert {(s.dimension, s.value) for s in slices} == {("market", "DE"), ("queue_id", "Q7")}
+    assert slices == sorted(slices, key=lambda s: -s.share)
+    assert in_words(slices).startswith(f"{min(slices[0].share, 1):.0%} of the excess is in ")
+
+
+def test_no_excess_names_nothing() -> None:
+    assert attribute({}, {"market": {"DE": (100, 3)}}, 0.03, excess=-1.0) == []
+
+
+def test_impact_arithmetic() -> None:
+    i = impact(decisions=10_000, verdicts=500, errors=50, by_error_type={"OVER_ENFORCEMENT": 30}, baseline=0.03)
+    # 50 known + 9,500 * 10% = 1,000; beyond the baseline 1,000 - 300 = 700.
+    assert (i.estimated_wrong, i.excess_wrong) == (1_000, 700)
+    assert i.ci_low < 1_000 < i.ci_high
+    assert i.by_error_type == {"OVER_ENFORCEMENT": 600}
+    assert "~1,000 of 10,000 decisions since onset wrong" in impact_mod.in_words(i)
+
+
+def test_the_impact_interval_covers_the_true_count_about_95_percent_of_the_time() -> None:
+    rng, covered, runs = random.Random(7), 0, 400
+    for _ in range(runs):
+        wrong = [rng.random() < 0.08 for _ in range(4_000)]
+        judged = rng.sample(range(4_000), 200)
+        errors = sum(wrong[j] for j in judged)
+        i = impact(4_000, 200, errors, {}, 0.03)
+        covered += i.ci_low <= sum(wrong) <= i.ci_high
+    assert 0.91 <= covered / runs <= 0.99
+    assert math.isfinite(covered)
