@@ -60,6 +60,7 @@ def names() -> dict[str, str]:
         "MODQ_TOPIC_EVENTS": f"{tag}.events",
         "MODQ_TOPIC_OUTCOMES": f"{tag}.outcomes",
         "MODQ_TOPIC_ALERT_ACTIONS": f"{tag}.alert-actions",
+        "MODQ_TOPIC_REMEDIATIONS": f"{tag}.remediations",
         "MODQ_NOTIFIER_GROUP_ID": f"notifier-{tag}",
         "MODQ_SCORER_APP_ID": f"scorer-{tag}",
         "MODQ_INGEST_GROUP_ID": f"ingest-{tag}",

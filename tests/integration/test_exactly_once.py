@@ -3,7 +3,8 @@
 - kill -9 (or SIGTERM) of the scorer in the middle of a 200k-event stream, then a restart;
 - the same stream with every event delivered twice and shuffled within a few minutes.
 Both end with the counts per (policy_label, vendor_id, one-minute bucket) equal to the ground
-truth, and with exactly the alert the drifting pair should raise, recorded once.
+truth, with exactly the alerts the drifting pair should raise, recorded once, and with every
+remediation finding on quality.remediations exactly once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import Service, eventually, free_port
-from tests.support.scorerutil import assert_one_alert_for_the_drifting_pair, exact, put_on_events_topic, scorer_metric
+from tests.support.scorerutil import (
+    assert_each_finding_once,
+    assert_one_alert_for_the_drifting_pair,
+    exact,
+    put_on_events_topic,
+    scorer_metric,
+)
 from tests.support.streams import make_stream, redelivered_and_shuffled
 
 pytestmark = pytest.mark.integration
@@ -64,6 +71,8 @@ async def test_scorer_stopped_mid_stream_counts_exactly(
     spawn(["scorer"], env, "scorer-2")
     await eventually(lambda: exact(database_url, stream.truth), 180, interval=1.0)
     await assert_one_alert_for_the_drifting_pair(database_url)
+    await assert_each_finding_once(env, database_url, stream)  # every event twice, out of order
+    await assert_each_finding_once(env, database_url, stream)
     if retention_s is not None:  # most of the state the second process recovered or built expired
         assert await scorer_metric(port, "modq_scorer_expired_decisions_total") > DECISIONS * 0.5
 
@@ -78,3 +87,4 @@ async def test_every_event_twice_and_shuffled_counts_exactly(
     spawn(["notifier", "--port", str(free_port())], env, "notifier")
     await eventually(lambda: exact(database_url, stream.truth), 180, interval=1.0)
     await assert_one_alert_for_the_drifting_pair(database_url)
+    await assert_each_finding_once(env, database_url, stream)  # every event twice, out of order

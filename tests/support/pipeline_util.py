@@ -6,12 +6,16 @@ import os
 import random
 import subprocess
 import sys
+from typing import TypeVar
 
 import httpx
 import orjson
 
 from services.common.config import IngestSettings
+
 from tests.support import factories
+
+S = TypeVar("S")
 
 ERROR_TYPES = ("OVER_ENFORCEMENT", "UNDER_ENFORCEMENT", "WRONG_LABEL")
 DRIFT = ("SCAMS_AND_FRAUD", "V01", "DE")
@@ -121,13 +125,17 @@ def make_key(env: dict[str, str], name: str, role: str) -> str:
     return out.rsplit(": ", 1)[1].strip()
 
 
-def ingest_settings(service_env: dict[str, str]) -> IngestSettings:
-    """Ingest's settings from a test's environment (for a service run in the test's own process)."""
+def settings_from(service_env: dict[str, str], kind: type[S]) -> S:
+    """A service's settings from a test's environment (for a part run in the test's own process)."""
     env = {k: v for k, v in service_env.items() if k.startswith("MODQ_")}
     old = dict(os.environ)
     os.environ.update(env)
     try:
-        return IngestSettings()
+        return kind()
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+def ingest_settings(service_env: dict[str, str]) -> IngestSettings:
+    return settings_from(service_env, IngestSettings)

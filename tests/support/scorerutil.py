@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -11,6 +12,10 @@ from sqlalchemy import text
 from services.common.config import ScorerSettings
 from services.common.db import make_engine
 from services.common.kafka import ensure_topics
+from services.contracts.batches import WireAppeal, WireVerdict
+from services.contracts.codes import INCORRECT, OVERTURNING_OUTCOMES
+from services.contracts.remediations import decode_remediation, remediation_id
+from tests.support.kafkautil import consume_all
 from tests.support.pipeline_util import Mismatch
 from tests.support.processes import eventually
 from tests.support.streams import DRIFT_PAIR, Key, Stream
@@ -88,11 +93,56 @@ async def exact(database_url: str, truth: dict[Key, list[int]]) -> object:
 
 
 async def assert_one_alert_for_the_drifting_pair(database_url: str) -> None:
-    async def some_alert() -> bool:
-        return bool((await alert_rows(database_url))[0])
+    """The drifting pair's alert, and the wider ones its excess raises (its label across vendors, its
+    vendor across labels), each exactly once with one ``fired`` row; nothing for any other pair."""
+    label, vendor = DRIFT_PAIR
 
-    await eventually(some_alert, 60)
+    async def pair_alert() -> bool:
+        return any((a[1], a[2]) == DRIFT_PAIR for a in (await alert_rows(database_url))[0])
+
+    await eventually(pair_alert, 60)
     await asyncio.sleep(3.0)  # anything raised twice would be recorded by now
     alerts, history = await alert_rows(database_url)
-    assert [(a[1], a[2], a[3], a[4]) for a in alerts] == [(*DRIFT_PAIR, "error_rate", "firing")], alerts
-    assert sorted(history) == [(alerts[0][0], "fired")]
+    keys = sorted((a[1], a[2], a[3], a[4]) for a in alerts)
+    assert len(keys) == len(set(keys)) == len(alerts), alerts
+    assert {k[:2] for k in keys} <= {DRIFT_PAIR, (label, "*"), ("*", vendor)}, alerts
+    assert {k[2:] for k in keys} == {("error_rate", "firing")}, alerts
+    assert (*DRIFT_PAIR, "error_rate", "firing") in keys
+    fired = sorted(h for h in history if h[1] == "fired")
+    assert fired == sorted((a[0], "fired") for a in alerts)
+    assert {h[1] for h in history} <= {"fired", "linked"}
+
+
+def expected_remediations(stream: Stream) -> set[str]:
+    """The findings of a stream without supersessions: every INCORRECT verdict, every OVERTURNED appeal."""
+    out = set()
+    for ev in stream.events:
+        if isinstance(ev, WireVerdict) and ev.code == INCORRECT:
+            out.add(remediation_id("qa", ev.decision_id, ev.verdict_id))
+        elif isinstance(ev, WireAppeal) and ev.outcome in OVERTURNING_OUTCOMES:
+            out.add(remediation_id("appeal", ev.decision_id, ev.appeal_id))
+    return out
+
+
+async def assert_each_finding_once(env: dict[str, str], database_url: str, stream: Stream) -> None:
+    """quality.remediations holds every finding exactly once, open (none twice, none missing), and the
+    notifier's lane stored each once."""
+    expected = expected_remediations(stream)
+    records = await consume_all(env["MODQ_KAFKA_BOOTSTRAP_SERVERS"], env["MODQ_TOPIC_REMEDIATIONS"], len(expected))
+    ids = [decode_remediation(r.value or b"").remediation_id for r in records]
+    statuses = {decode_remediation(r.value or b"").status for r in records}
+    assert statuses == {"open"}
+    duplicated = [i for i, n in Counter(ids).items() if n > 1]
+    assert not duplicated, f"{len(duplicated)} findings sent more than once"
+    assert set(ids) == expected
+
+    async def stored() -> bool:
+        engine = make_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(text("SELECT remediation_id, status FROM remediations"))).all()
+        finally:
+            await engine.dispose()
+        return {r[0] for r in rows} == expected and {r[1] for r in rows} == {"open"}
+
+    await eventually(stored, 60)

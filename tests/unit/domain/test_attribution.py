@@ -9,9 +9,9 @@ import random
 import pytest
 from scipy.spatial.distance import jensenshannon
 
+from services.domain import impact as impact_mod
 from services.domain.attribution import _js_term, attribute, in_words, scope_excess
 from services.domain.impact import impact
-from services.domain import impact as impact_mod
 
 
 def test_the_surprise_terms_sum_to_scipys_jensen_shannon_divergence() -> None:

@@ -17,7 +17,9 @@ SCHEMA = json.loads((Path(__file__).parents[3] / "schemas" / "remediation.v1.jso
 
 
 def decision(did: str = "d1", action: str = "REMOVE") -> WireDecision:
-    return WireDecision(f"e-{did}", did, 1_000, "SCAMS", "V1", "DE", "Q7", "m-3", 0, "de", "v2", "LISTING", "L-9", action)
+    return WireDecision(
+        f"e-{did}", did, 1_000, "SCAMS", "V1", "DE", "Q7", "m-3", 0, "de", "v2", "LISTING", "L-9", action
+    )
 
 
 def verdict(vid: str, code: int, error: int, t: int, supersedes: str = "") -> WireVerdict:
@@ -62,7 +64,11 @@ def test_a_superseding_verdict_retracts_the_finding_it_replaces() -> None:
     # Replaced by another INCORRECT verdict: the old finding retracted, the new one opened.
     v3 = verdict("v3", INCORRECT, UNDER_ENFORCEMENT, 4_000, supersedes="v1")
     found = run([decision("d1", "APPROVE"), v1, v3])
-    assert [(s, r) for _, s, r in found] == [("open", "ADJUST_ACTION"), ("retracted", "ADJUST_ACTION"), ("open", "ENFORCE")]
+    assert [(s, r) for _, s, r in found] == [
+        ("open", "ADJUST_ACTION"),
+        ("retracted", "ADJUST_ACTION"),
+        ("open", "ENFORCE"),
+    ]
 
 
 def test_remediation_events_validate_against_the_published_schema() -> None:
