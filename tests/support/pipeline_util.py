@@ -12,7 +12,6 @@ import httpx
 import orjson
 
 from services.common.config import IngestSettings
-
 from tests.support import factories
 
 S = TypeVar("S")
