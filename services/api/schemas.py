@@ -52,6 +52,9 @@ class Impact(BaseModel):
     ci_high: int
     excess_wrong: int = Field(description="estimated wrong beyond what the baseline rate would have made")
     by_error_type: dict[str, int]
+    since: datetime | None = Field(
+        None, description="the change point these count from (the maximum-likelihood start of the rise)"
+    )
 
 
 class AlertItem(BaseModel):

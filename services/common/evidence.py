@@ -1,8 +1,10 @@
 """An alert's evidence from the exact counts in the database: where the excess sits (attribution)
 and how many decisions it hurt (impact), for the API, the alert history and the notifier.
 
-Since onset means the buckets from the onset's minute to the alert's resolution (or the newest
-bucket); before onset, the ``BASELINE_WINDOW`` before it. A pair alert looks at the pair's rows, a
+Since onset means the buckets from the change point (the maximum-likelihood start of the rise in
+the scope's minute counts, ``domain.onset``; the detector's own onset can be hours early for a
+small shift) to the alert's resolution (or the newest bucket); before onset, the
+``BASELINE_WINDOW`` before it. A pair alert looks at the pair's rows, a
 label-wide one at the label's rows over every vendor (and names vendors), a vendor-wide one at the
 vendor's over every label (and names labels).
 """
@@ -10,7 +12,7 @@ vendor's over every label (and names labels).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -20,6 +22,7 @@ from services.common.db import rate_buckets, slice_buckets
 from services.contracts.alerts import RULE_OVER, RULE_UNDER
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
 from services.domain import attribution, impact
+from services.domain import onset as onset_mod
 
 BASELINE_WINDOW = timedelta(days=7)
 RULE_COLUMN = {RULE_OVER: "over_enforcement", RULE_UNDER: "under_enforcement"}
@@ -32,11 +35,51 @@ ERROR_TYPE_COLUMNS = {
 }
 
 
+ONSET_SEARCH = timedelta(hours=24)
+"""How far before the detector's onset the change point is looked for."""
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     attribution: list[dict[str, object]]
     impact: dict[str, object]
     words: str  # "82% of the excess is in market DE, ...; ~1,240 of 8,400 decisions since onset wrong ..."
+    since: datetime  # the change point the two count from (``domain.onset``)
+
+
+async def change_point(
+    engine: AsyncEngine,
+    *,
+    scope: str,
+    policy_label: str,
+    vendor_id: str,
+    rule: str,
+    onset: datetime,
+    alarm: datetime,
+    baseline: float,
+) -> datetime:
+    """The maximum-likelihood start of the rise (``domain.onset``) from the scope's minute counts
+    between a day before the detector's onset and the alarm; the detector's onset if none."""
+    b = rate_buckets.c
+    column = RULE_COLUMN.get(rule, "errors")
+    stmt = (
+        select(b.bucket_start, func.sum(b.verdicts), func.sum(b[column]))
+        .where(
+            *_scoped(rate_buckets, scope, policy_label, vendor_id),
+            b.bucket_start >= _minute(onset) - ONSET_SEARCH,
+            b.bucket_start <= alarm,
+        )
+        .group_by(b.bucket_start)
+        .order_by(b.bucket_start)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    series = [(i, int(n or 0), int(e or 0)) for i, (_, n, e) in enumerate(rows)]
+    found = onset_mod.change_point(series, baseline)
+    if found is None:
+        return _minute(onset)
+    start: datetime = rows[found][0]
+    return start if start.tzinfo else start.replace(tzinfo=UTC)
 
 
 def _minute(t: datetime) -> datetime:
@@ -62,9 +105,20 @@ async def gather(
     onset: datetime,
     end: datetime | None,
     baseline: float,
+    alarm: datetime | None = None,
 ) -> Evidence:
-    """Attribution and impact of one alert (its scope, rule, onset and end)."""
-    onset = _minute(onset)
+    """Attribution and impact of one alert (its scope, rule, onset, alarm and end), counted from the
+    change point of its scope's counts (see ``change_point``)."""
+    onset = await change_point(
+        engine,
+        scope=scope,
+        policy_label=policy_label,
+        vendor_id=vendor_id,
+        rule=rule,
+        onset=onset,
+        alarm=alarm or end or onset + ONSET_SEARCH,
+        baseline=baseline,
+    )
     column = RULE_COLUMN.get(rule, "errors")
     b, s = rate_buckets.c, slice_buckets.c
     window = [b.bucket_start >= onset - BASELINE_WINDOW, *([b.bucket_start <= end] if end is not None else [])]
@@ -119,4 +173,4 @@ async def gather(
         by_type = {kept: by_type[kept]}
     hurt = impact.impact(decisions, n, e, by_type, baseline)
     words = "; ".join(w for w in (attribution.in_words(slices), impact.in_words(hurt)) if w)
-    return Evidence([x.as_dict() for x in slices], hurt.as_dict(), words)
+    return Evidence([x.as_dict() for x in slices], {**hurt.as_dict(), "since": onset.isoformat()}, words, onset)

@@ -174,6 +174,7 @@ async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
         onset=onset,
         end=parse_ts(event.resolved_at),
         baseline=event.baseline_rate,
+        alarm=parse_ts(event.started_at),
     )
     async with engine.begin() as conn:
         await conn.execute(

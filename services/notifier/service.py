@@ -324,6 +324,7 @@ class Notifier:
             onset=onset,
             end=parse_ts(a.resolved_at),
             baseline=a.baseline_rate,
+            alarm=parse_ts(a.started_at),
         )
         return dataclasses.replace(notice, evidence=found)
 

@@ -160,6 +160,7 @@ async def evidence_of(engine: AsyncEngine, row: dict[str, Any]) -> Evidence:
         onset=r["onset_at"],
         end=r["resolved_at"],
         baseline=r["baseline_rate"],
+        alarm=r["started_at"],
     )
 
 

@@ -116,9 +116,9 @@ def _scope_filter(table: Any, alert: dict[str, Any]) -> list[Any]:
     return [c.policy_label == alert["policy_label"], c.vendor_id == alert["vendor_id"]]
 
 
-def _since_onset(table: Any, alert: dict[str, Any]) -> list[Any]:
+def _since_onset(table: Any, alert: dict[str, Any], since: datetime) -> list[Any]:
     c = table.c
-    out = [c.decided_at >= alert["onset_at"]]
+    out = [c.decided_at >= since]
     if alert["resolved_at"] is not None:
         out.append(c.decided_at <= alert["resolved_at"])
     return out
@@ -147,11 +147,14 @@ async def findings(
     cursor: str | None = None,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
-    """The decisions in the alert's scope since its onset (to its resolution) that QA judged INCORRECT
+    """The decisions in the alert's scope since the change (the alert's impact ``since``, the change
+    point of its counts) to its resolution that QA judged INCORRECT
     or an appeal overturned, still open, of the alert's error type, oldest first, with their
     recommendation (REVOKE_PENALTY, REINSTATE, ENFORCE, RELABEL, ADJUST_ACTION)."""
     alert = aware(await load_alert(engine, alert_id))
-    where = [*_scope_filter(remediations, alert), *_since_onset(remediations, alert), remediations.c.status == "open"]
+    since = (await evidence_of(engine, alert)).since
+    where = [*_scope_filter(remediations, alert), *_since_onset(remediations, alert, since)]
+    where.append(remediations.c.status == "open")
     if alert["rule"] in RULE_ERROR_TYPE:
         where.append(remediations.c.error_type == RULE_ERROR_TYPE[alert["rule"]])
     rows, nxt = await _findings_page(engine, where, limit, cursor)
@@ -232,15 +235,12 @@ async def rereview(
     attribution: each slice where the excess sits gets its share of the sample. Pages of ``limit``
     over the ``size`` decisions; the same sample on every call while the data stand still."""
     alert = aware(await load_alert(engine, alert_id))
+    evidence = await evidence_of(engine, alert)
     c = decision_samples.c
-    stmt = (
-        select(decision_samples)
-        .where(*_scope_filter(decision_samples, alert), *_since_onset(decision_samples, alert), c.judged.is_(False))
-        .limit(MAX_POOL)
-    )
+    where = [*_scope_filter(decision_samples, alert), *_since_onset(decision_samples, alert, evidence.since)]
+    stmt = select(decision_samples).where(*where, c.judged.is_(False)).limit(MAX_POOL)
     async with engine.connect() as conn:
         pool = [aware(r) for r in (await conn.execute(stmt)).mappings().all()]
-    evidence = await evidence_of(engine, alert)
     strata = [(str(s["dimension"]), str(s["value"]), float(s["share"])) for s in evidence.attribution]  # type: ignore[arg-type]
     sample = stratified_sample(pool, strata, size)
     try:

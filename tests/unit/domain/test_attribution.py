@@ -78,3 +78,26 @@ def test_the_impact_interval_covers_the_true_count_about_95_percent_of_the_time(
         covered += i.ci_low <= sum(wrong) <= i.ci_high
     assert 0.91 <= covered / runs <= 0.99
     assert math.isfinite(covered)
+
+
+def test_the_change_point_is_the_likelihood_maximum() -> None:
+    """Against a brute-force maximum over every split, on a stream that rises from 3% to 9%."""
+    from services.domain.onset import change_point
+
+    rng = random.Random(3)
+    series = []
+    for minute in range(300):
+        rate = 0.09 if minute >= 200 else 0.03
+        n = 40
+        series.append((minute, n, sum(rng.random() < rate for _ in range(n))))
+
+    def llr(start: int) -> float:
+        n = sum(v for t, v, _ in series if t >= start)
+        e = sum(x for t, _, x in series if t >= start)
+        p = e / n
+        return e * math.log(p / 0.03) + (n - e) * math.log((1 - p) / 0.97) if p > 0.03 else 0.0
+
+    found = change_point(series, 0.03)
+    assert found == max(range(300), key=llr)
+    assert 190 <= found <= 210  # and near the true change
+    assert change_point([(0, 100, 1), (1, 100, 2)], 0.03) is None  # never above the baseline

@@ -1,0 +1,39 @@
+"""Where a change began, from the per-minute counts: the maximum-likelihood change point. Pure.
+
+The detector's own onset is when the CUSUM of the shift that alarmed last left zero, which for a
+small shift on a stable stream can be hours before the change (the statistic wanders above zero).
+Attribution and impact count "since onset", so they use this estimate instead: for Bernoulli
+verdicts at a known baseline ``p0`` that change to an unknown rate ``p1 > p0`` at an unknown time,
+the maximum-likelihood change point maximises, over the candidate starts tau,
+
+    LLR(tau) = e * log(p / p0) + (n - e) * log((1 - p) / (1 - p0)),   p = e / n,
+
+with n verdicts and e errors from tau to the alarm (Hinkley 1970's change-point MLE, with the
+post-change rate profiled out). Candidates are the bucket starts; the counts are the database's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def change_point(series: Sequence[tuple[int, int, int]], p0: float) -> int | None:
+    """The start (of the buckets ``(start_ms, verdicts, errors)``, in time order) that maximises the
+    likelihood of a rise from ``p0`` there; None when no suffix is above ``p0``."""
+    if not 0 < p0 < 1:
+        return None
+    best, best_t = 0.0, None
+    n = e = 0
+    for start, verdicts, errors in reversed(series):
+        n += verdicts
+        e += errors
+        if n == 0:
+            continue
+        p = e / n
+        if p <= p0:
+            continue
+        llr = e * math.log(p / p0) + ((n - e) * math.log((1 - p) / (1 - p0)) if p < 1 else 0.0)
+        if llr > best:
+            best, best_t = llr, start
+    return best_t
