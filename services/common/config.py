@@ -241,6 +241,9 @@ class NotifierSettings(CommonSettings):
     )
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     slack_webhook_url: str | None = Field(None, description="Slack incoming-webhook URL; unset: off")
+    notifier_evidence_wait_s: float = Field(
+        10.0, ge=0, description="how long a notice waits for the counts to reach its alarm (attribution, impact)"
+    )
     slack_webhook_url_policy_label: str | None = Field(
         None, description="Slack webhook for label-wide alerts; unset: the default webhook"
     )

@@ -47,41 +47,6 @@ class Evidence:
     since: datetime  # the change point the two count from (``domain.onset``)
 
 
-async def change_point(
-    engine: AsyncEngine,
-    *,
-    scope: str,
-    policy_label: str,
-    vendor_id: str,
-    rule: str,
-    onset: datetime,
-    alarm: datetime,
-    baseline: float,
-) -> datetime:
-    """The maximum-likelihood start of the rise (``domain.onset``) from the scope's minute counts
-    between a day before the detector's onset and the alarm; the detector's onset if none."""
-    b = rate_buckets.c
-    column = RULE_COLUMN.get(rule, "errors")
-    stmt = (
-        select(b.bucket_start, func.sum(b.verdicts), func.sum(b[column]))
-        .where(
-            *_scoped(rate_buckets, scope, policy_label, vendor_id),
-            b.bucket_start >= _minute(onset) - ONSET_SEARCH,
-            b.bucket_start <= alarm,
-        )
-        .group_by(b.bucket_start)
-        .order_by(b.bucket_start)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    series = [(i, int(n or 0), int(e or 0)) for i, (_, n, e) in enumerate(rows)]
-    found = onset_mod.change_point(series, baseline)
-    if found is None:
-        return _minute(onset)
-    start: datetime = rows[found][0]
-    return start if start.tzinfo else start.replace(tzinfo=UTC)
-
-
 def _minute(t: datetime) -> datetime:
     return t.replace(second=0, microsecond=0)
 
@@ -93,6 +58,42 @@ def _scoped(table: Any, scope: str, policy_label: str, vendor_id: str) -> list[A
     if scope == SCOPE_VENDOR:
         return [c.vendor_id == vendor_id]
     return [c.policy_label == policy_label, c.vendor_id == vendor_id]
+
+
+async def counted_to(engine: AsyncEngine, *, scope: str, policy_label: str, vendor_id: str) -> datetime | None:
+    """The newest minute the database holds counts of for a scope."""
+    b = rate_buckets.c
+    stmt = select(func.max(b.bucket_start)).where(*_scoped(rate_buckets, scope, policy_label, vendor_id))
+    async with engine.connect() as conn:
+        newest: datetime | None = (await conn.execute(stmt)).scalar()
+    return newest if newest is None or newest.tzinfo else newest.replace(tzinfo=UTC)
+
+
+async def _series(
+    engine: AsyncEngine,
+    scope: str,
+    policy_label: str,
+    vendor_id: str,
+    column: str,
+    start: datetime,
+    end: datetime | None,
+) -> list[tuple[datetime, list[int]]]:
+    """Per minute: [verdicts, the rule's errors, decisions, over, under, wrong label, wrong action]."""
+    b = rate_buckets.c
+    sums = [b.verdicts, b[column], b.decisions, *(b[c] for c in ERROR_TYPE_COLUMNS.values())]
+    stmt = (
+        select(b.bucket_start, *(func.sum(c) for c in sums))
+        .where(
+            *_scoped(rate_buckets, scope, policy_label, vendor_id),
+            b.bucket_start >= start,
+            *([b.bucket_start <= end] if end is not None else []),
+        )
+        .group_by(b.bucket_start)
+        .order_by(b.bucket_start)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [(t if t.tzinfo else t.replace(tzinfo=UTC), [int(v or 0) for v in rest]) for t, *rest in rows]
 
 
 async def gather(
@@ -108,18 +109,16 @@ async def gather(
     alarm: datetime | None = None,
 ) -> Evidence:
     """Attribution and impact of one alert (its scope, rule, onset, alarm and end), counted from the
-    change point of its scope's counts (see ``change_point``)."""
-    onset = await change_point(
-        engine,
-        scope=scope,
-        policy_label=policy_label,
-        vendor_id=vendor_id,
-        rule=rule,
-        onset=onset,
-        alarm=alarm or end or onset + ONSET_SEARCH,
-        baseline=baseline,
-    )
+    change point of its scope's minute counts (``domain.onset``), searched from a day before the
+    detector's onset to the alarm."""
     column = RULE_COLUMN.get(rule, "errors")
+    series = await _series(engine, scope, policy_label, vendor_id, column, _minute(onset) - ONSET_SEARCH, end)
+    until = alarm or end or onset + ONSET_SEARCH
+    found = onset_mod.change_point_set([(i, c[0], c[1]) for i, (t, c) in enumerate(series) if t <= until], baseline)
+    best = early = late = _minute(onset)
+    if found is not None:
+        best, early, late = (series[i][0] for i in found)
+    onset = best
     b, s = rate_buckets.c, slice_buckets.c
     window = [b.bucket_start >= onset - BASELINE_WINDOW, *([b.bucket_start <= end] if end is not None else [])]
     since_b = case((b.bucket_start >= onset, 1), else_=0).label("since")
@@ -131,28 +130,19 @@ async def gather(
     before: dict[str, dict[str, tuple[int, int]]] = {}
     since: dict[str, dict[str, tuple[int, int]]] = {}
     totals = {False: [0, 0], True: [0, 0]}  # since onset -> [verdicts, errors]
-    decisions = 0
-    by_type = dict.fromkeys(ERROR_TYPE_COLUMNS, 0)
     async with engine.connect() as conn:
         for name, col in by.items():
-            sums = [func.sum(b.verdicts), func.sum(b[column]), func.sum(b.decisions)]
-            if name == "market":
-                sums += [func.sum(b[c]) for c in ERROR_TYPE_COLUMNS.values()]
             stmt = (
-                select(col, since_b, *sums)
+                select(col, since_b, func.sum(b.verdicts), func.sum(b[column]))
                 .where(*_scoped(rate_buckets, scope, policy_label, vendor_id), *window)
                 .group_by(col, since_b)
             )
-            for row in (await conn.execute(stmt)).all():
-                value, after, n, e, d = row[0], bool(row[1]), int(row[2] or 0), int(row[3] or 0), int(row[4] or 0)
+            for value, flag, n_, e_ in (await conn.execute(stmt)).all():
+                after, n, e = bool(flag), int(n_ or 0), int(e_ or 0)
                 (since if after else before).setdefault(name, {})[value] = (n, e)
                 if name == "market":
                     totals[after][0] += n
                     totals[after][1] += e
-                    if after:
-                        decisions += d
-                        for t, v in zip(ERROR_TYPE_COLUMNS, row[5:], strict=True):
-                            by_type[t] += int(v or 0)
         since_s = case((s.bucket_start >= onset, 1), else_=0).label("since")
         stmt = (
             select(s.dimension, s.value, since_s, func.sum(s.verdicts), func.sum(s[column]))
@@ -163,14 +153,14 @@ async def gather(
             )
             .group_by(s.dimension, s.value, since_s)
         )
-        for dim, value, after, n, e in (await conn.execute(stmt)).all():
-            (since if after else before).setdefault(dim, {})[value] = (int(n or 0), int(e or 0))
+        for row in (await conn.execute(stmt)).all():
+            dim, value, flag = str(row[0]), str(row[1]), bool(row[2])
+            (since if flag else before).setdefault(dim, {})[value] = (int(row[3] or 0), int(row[4] or 0))
     (n_b, e_b), (n, e) = totals[False], totals[True]
     excess = attribution.scope_excess((n_b, e_b), (n, e), baseline)
     slices = attribution.attribute(before, since, baseline, excess)
-    if rule in RULE_COLUMN:  # the rule's own error type only
-        kept = next(t for t, c in ERROR_TYPE_COLUMNS.items() if c == column)
-        by_type = {kept: by_type[kept]}
-    hurt = impact.impact(decisions, n, e, by_type, baseline)
+    types = [t for t, c in ERROR_TYPE_COLUMNS.items() if rule not in RULE_COLUMN or c == column]
+    minutes = [(t, *c) for t, c in series]
+    hurt = impact.impact_since_change(minutes, baseline, best, early, late, types)  # type: ignore[arg-type]
     words = "; ".join(w for w in (attribution.in_words(slices), impact.in_words(hurt)) if w)
     return Evidence([x.as_dict() for x in slices], {**hurt.as_dict(), "since": onset.isoformat()}, words, onset)

@@ -16,8 +16,9 @@ same proportions as among the judged. Over-enforcement counts sellers and listin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from services.domain.rates import wilson_interval
 
@@ -78,3 +79,31 @@ def in_words(i: Impact) -> str:
     if under:
         text += f"; {under:,} under-enforcement (harm left up)"
     return text
+
+
+ERROR_TYPES = ("OVER_ENFORCEMENT", "UNDER_ENFORCEMENT", "WRONG_LABEL", "WRONG_ACTION")
+Minute = tuple[Any, int, int, int, int, int, int, int]
+"""(time, verdicts, the rule's errors, decisions, over, under, wrong label, wrong action)."""
+
+
+def impact_since_change(
+    series: Sequence[Minute], baseline: float, best: Any, early: Any, late: Any, types: Sequence[str] = ERROR_TYPES
+) -> Impact:
+    """The impact counted from the change point ``best``, its interval widened to the change point's
+    95% likelihood interval [``early``, ``late``] (``domain.onset.change_point_set``): the low end as
+    counted from ``late``, the high end as from ``early``. ``types``: the error types to report."""
+
+    def since(t0: Any) -> Impact:
+        sums = [sum(row[i] for row in series if row[0] >= t0) for i in range(1, 8)]
+        by_type = {t: v for t, v in zip(ERROR_TYPES, sums[3:], strict=True) if t in types}
+        return impact(sums[2], sums[0], sums[1], by_type, baseline)
+
+    point, low, high = since(best), since(late), since(early)
+    return Impact(
+        point.decisions,
+        point.estimated_wrong,
+        min(point.ci_low, low.ci_low),
+        max(point.ci_high, high.ci_high),
+        point.excess_wrong,
+        point.by_error_type,
+    )

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import NotifierSettings
 from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
-from services.common.evidence import gather
+from services.common.evidence import counted_to, gather
 from services.common.history import (
     apply_action,
     parse_ts,
@@ -313,8 +313,16 @@ class Notifier:
         """The notice with its alert's attribution and impact, from the database's exact counts."""
         a = notice.alert
         assert a is not None and self.engine is not None
-        onset = parse_ts(a.onset_at)
-        assert onset is not None
+        onset, alarm = parse_ts(a.onset_at), parse_ts(a.started_at)
+        assert onset is not None and alarm is not None
+        # The alert can come before the scorer's last counts are written: wait (a little) until the
+        # database counts up to the alarm's minute, so the evidence is complete.
+        deadline = asyncio.get_running_loop().time() + self.settings.notifier_evidence_wait_s
+        while asyncio.get_running_loop().time() < deadline:
+            newest = await counted_to(self.engine, scope=a.scope, policy_label=a.policy_label, vendor_id=a.vendor_id)
+            if newest is not None and newest >= alarm.replace(second=0, microsecond=0):
+                break
+            await asyncio.sleep(0.5)
         found = await gather(
             self.engine,
             scope=a.scope,

@@ -97,7 +97,8 @@ class RemediationLog:
                 left.discard(p)
             stop, chunk = start, chunk * 4
         log.info(
-            "remediations read back", extra={"partition": t, "published": {p: self.published.get(p) for p in sources}}
+            "remediations read back",
+            extra={"partition": t, "published": {str(p): self.published.get(p) for p in sources}},
         )
 
     def select(self, p: int, offset: int, findings: list[Remediation]) -> list[tuple[int, Remediation]]:

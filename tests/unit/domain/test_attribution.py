@@ -101,3 +101,15 @@ def test_the_change_point_is_the_likelihood_maximum() -> None:
     assert found == max(range(300), key=llr)
     assert 190 <= found <= 210  # and near the true change
     assert change_point([(0, 100, 1), (1, 100, 2)], 0.03) is None  # never above the baseline
+
+
+def test_the_change_point_set_holds_the_best_and_spans_its_likelihood_interval() -> None:
+    from services.domain.onset import change_point, change_point_set
+
+    rng = random.Random(8)
+    series = [(m, 40, sum(rng.random() < (0.09 if m >= 200 else 0.03) for _ in range(40))) for m in range(300)]
+    found = change_point_set(series, 0.03)
+    assert found is not None
+    best, early, late = found
+    assert best == change_point(series, 0.03) and early <= best <= late
+    assert late - early < 60  # a clear change is placed within the hour
