@@ -59,6 +59,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SLICES = len(WireDecision.__struct_fields__) > 9 and os.environ.get("MODQ_BENCH_SLICES", "1") != "0"
+"""Decisions carry the attribution dimensions (0 in MODQ_BENCH_SLICES: as before they were counted)."""
+
+
 def iso_ms(t_ms: int) -> str:
     """Epoch milliseconds as the schemas' RFC 3339 event time."""
     return datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -80,7 +84,28 @@ def decision_event(i: int, t: int, label: str, vendor: str, market: str) -> tupl
         "entity_type": "LISTING",
         "entity_id": f"x{i}",
     }
-    return doc, WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
+    if not SLICES:
+        return doc, WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
+    # Every dimension attribution counts, as a platform sends them (a slice row each per verdict).
+    queue, model, language = f"q-{i % 7}", ("1.4", "1.5")[i % 2], market.lower()
+    doc.update(queue_id=queue, model_version=model, content_language=language, policy_version="2026-10")
+    wire = WireDecision(
+        f"e-{did}",
+        did,
+        t,
+        label,
+        vendor,
+        market,
+        queue,
+        model,
+        i % 3,
+        language,
+        "2026-10",
+        "LISTING",
+        f"x{i}",
+        "REMOVE",
+    )
+    return doc, wire
 
 
 def make_events(

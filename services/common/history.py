@@ -162,7 +162,8 @@ async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
 
 async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
     """Store the alert's attribution and impact as of this change (final once it resolves): what the
-    list endpoints, the CSV and the history show without recomputing."""
+    list endpoints show without recomputing; and a history row (``evidence``) that says them in words,
+    as they stood when it fired and when it resolved."""
     onset = parse_ts(event.onset_at)
     assert onset is not None
     found = await gather(
@@ -176,12 +177,30 @@ async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
         baseline=event.baseline_rate,
         alarm=parse_ts(event.started_at),
     )
+    fired = event.status != "resolved"
+    note = (
+        insert_for(engine, alert_history)
+        .values(
+            event_id=f"{event.alert_id}:evidence:{'fired' if fired else 'resolved'}",
+            alert_id=event.alert_id,
+            policy_label=event.policy_label,
+            vendor_id=event.vendor_id,
+            rule=event.rule,
+            action="evidence",
+            actor="modq-scorer",
+            at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
+            detail=found.words or "no excess to attribute",
+            recorded_at=datetime.now(tz=UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
     async with engine.begin() as conn:
         await conn.execute(
             update(alerts)
             .where(alerts.c.alert_id == event.alert_id)
             .values(attribution=orjson.dumps(found.attribution).decode(), impact=orjson.dumps(found.impact).decode())
         )
+        await conn.execute(note)
 
 
 async def record_remediation(engine: AsyncEngine, r: Remediation) -> None:

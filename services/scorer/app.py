@@ -33,6 +33,7 @@ from services.common.metrics import metrics_response
 from services.common.unreadable import ConsumerHealth
 from services.contracts.alerts import AlertEvent, iso
 from services.contracts.codes import ERROR_TYPES
+from services.contracts.pairs import SCOPE_PAIR
 from services.domain.book import RateBook
 from services.domain.catchup import CatchUp, CatchUpReport
 from services.domain.detect import Detection
@@ -111,8 +112,9 @@ class Scorer:
     def _observe(self, found: Detection) -> None:
         m = self.metrics
         label, vendor = self.label_budget.value(found.policy_label), self.vendor_budget.value(found.vendor_id)
-        for code, n in Tally(code for _, _, code in found.outcomes).items():
-            m.verdicts.labels(label, vendor, ERROR_TYPES[code]).inc(n)
+        if found.scope == SCOPE_PAIR:  # (a wider scope sees the same verdicts again)
+            for code, n in Tally(code for _, _, code in found.outcomes).items():
+                m.verdicts.labels(label, vendor, ERROR_TYPES[code]).inc(n)
         if (label, vendor) == (found.policy_label, found.vendor_id):  # "other" has no single statistic
             for rule, (statistic, firing) in found.statistics.items():
                 m.statistic.labels(label, vendor, rule).set(statistic)

@@ -92,6 +92,7 @@ def test_every_topic_modq_uses_has_a_kafka_topic(docs: list[dict[str, Any]]) -> 
         s.topic_outcomes,
         s.topic_alerts,
         n.topic_alert_actions,
+        s.topic_remediations,
         *(f"{s.scorer_app_id}-{table}-changelog" for table in ("decisions", "monitors")),
         f"{s.scorer_app_id}-__assignor-__leader",
     }
@@ -99,7 +100,13 @@ def test_every_topic_modq_uses_has_a_kafka_topic(docs: list[dict[str, Any]]) -> 
     assert set(topics) == expected
     (config,) = by_kind(docs, "ConfigMap").values()
     partitions = int(config["data"]["MODQ_PARTITIONS"])
-    for name in (s.topic_events, s.topic_outcomes, s.topic_alerts, f"{s.scorer_app_id}-decisions-changelog"):
+    for name in (
+        s.topic_events,
+        s.topic_outcomes,
+        s.topic_alerts,
+        s.topic_remediations,  # findings of events partition p go to its partition p
+        f"{s.scorer_app_id}-decisions-changelog",
+    ):
         assert topics[name]["spec"]["partitions"] == partitions, name  # Faust insists on co-partitioning
     assert topics[f"{s.scorer_app_id}-decisions-changelog"]["spec"]["config"]["cleanup.policy"] == "compact"
 

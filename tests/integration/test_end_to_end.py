@@ -102,8 +102,14 @@ async def test_pipeline_counts_exactly_alerts_on_drift_and_resolves(
         assert len(await alerts(client, rule="error_rate")) == 1
 
         # The history says who did what and when; Alertmanager's webhook heard the resolve.
-        history = (await client.get(f"/v1/alerts/{alert['alert_id']}/history")).json()["items"]
+        everything = (await client.get(f"/v1/alerts/{alert['alert_id']}/history")).json()["items"]
+        history = [h for h in everything if h["action"] != "evidence"]
         assert [h["action"] for h in history] == ["fired", "acknowledged", "resolved"]
+        # The evidence as it stood at the alarm and at the resolve, in words.
+        assert {h["event_id"].rsplit(":", 1)[1] for h in everything if h["action"] == "evidence"} == {
+            "fired",
+            "resolved",
+        }
         assert history[1]["actor"] == "oncall-pm" and history[1]["comment"] == "looking at vendor training"
         rebaselined = (await client.get("/v1/history", params={"action": "rebaselined"})).json()["items"]
         assert len(rebaselined) == 1 and rebaselined[0]["vendor_id"] == DRIFT[1]

@@ -110,7 +110,7 @@ async def assert_one_alert_for_the_drifting_pair(database_url: str) -> None:
     assert (*DRIFT_PAIR, "error_rate", "firing") in keys
     fired = sorted(h for h in history if h[1] == "fired")
     assert fired == sorted((a[0], "fired") for a in alerts)
-    assert {h[1] for h in history} <= {"fired", "linked"}
+    assert {h[1] for h in history} <= {"fired", "linked", "evidence"}
 
 
 def expected_remediations(stream: Stream) -> set[str]:

@@ -92,3 +92,35 @@ def test_webhook_signatures_verify_and_detect_tampering() -> None:
 def test_actions_round_trip_through_their_wire_format() -> None:
     action = new_action(action="silenced", policy_label="L", vendor_id="V", actor="pm", until="2030-01-01T00:00:00Z")
     assert decode_action(encode_action(action)) == action
+
+
+def test_a_wider_alert_says_who_owns_it_where_the_excess_is_and_what_it_hurt() -> None:
+    import dataclasses
+
+    from msgspec import structs
+
+    from services.common.evidence import Evidence
+
+    wide = structs.replace(alert_event("a-9", "firing"), vendor_id="*", scope="policy_label", baseline_source="learned")
+    evidence = Evidence(
+        attribution=[{"dimension": "market", "value": "DE", "share": 0.82}],
+        impact={"decisions": 8400, "estimated_wrong": 1240},
+        words="82% of the excess is in market DE, 71% in queue_id Q7; ~1,240 of 8,400 decisions since onset wrong",
+        since=datetime(2026, 11, 24, 9, 40, tzinfo=UTC),
+    )
+    notice = dataclasses.replace(notice_of_alert(wide), evidence=evidence)
+    text = describe(notice)
+    assert text.startswith("SCAMS_AND_FRAUD across every vendor: error rate 9.0%")
+    assert text.endswith(
+        "; 82% of the excess is in market DE, 71% in queue_id Q7; ~1,240 of 8,400 decisions since onset wrong"
+    )
+    am = alertmanager_alert(notice, API, "2026-11-24T10:00:00Z", "2026-11-24T10:04:00Z")
+    assert am["labels"]["scope"] == "policy_label"
+    assert orjson.loads(am["annotations"]["attribution"])[0]["value"] == "DE"
+    assert am["annotations"]["findings_url"] == f"{API}/v1/alerts/a-9/findings"
+    pd = pagerduty_event(notice, "RK", API)
+    assert pd is not None and pd["payload"]["custom_details"]["impact"]["estimated_wrong"] == 1240
+    assert orjson.loads(webhook_body(notice, API))["scope"] == "policy_label"
+    # A pair alert linked under it links back to it.
+    linked = notice_of_alert(structs.replace(alert_event("a-10", "firing"), parent_alert_id="a-9"))
+    assert alertmanager_alert(linked, API, "x", "y")["annotations"]["parent_url"] == f"{API}/v1/alerts/a-9"
