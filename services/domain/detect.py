@@ -103,7 +103,12 @@ def detect(
     stored = _pair_state_decoder.decode(raw) if raw is not None else PairState({})
     monitors = {
         rule: PairMonitor(
-            rule, label, vendor, policy, state=stored.monitors.get(rule, MonitorState()), prior=_prior(stored, rule)
+            rule,
+            label,
+            vendor,
+            policy,
+            state=stored.monitors.get(rule, MonitorState()),
+            prior=_prior(stored, rule) if scope == SCOPE_PAIR else None,  # a wider scope's: the configured rate
         )
         for rule in RULES
     }

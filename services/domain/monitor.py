@@ -233,7 +233,9 @@ class PairMonitor:
         if not st.firing or st.parent_alert_id != parent_alert_id:
             return None
         st.parent_alert_id = ""
-        return self._event("firing", t_ms, note=f"its wider alert {parent_alert_id} resolved, this one persists")
+        note = f"its wider alert {parent_alert_id} resolved, this one persists"
+        # Raised as history and not announced yet: recorded so; ``announce`` pages it once current.
+        return self._event("firing", t_ms, note=note, historical=not st.announced)
 
     def update(self, hit: bool, t_ms: int, historical: bool = False, parent_alert_id: str = "") -> AlertEvent | None:
         """Feed one judged verdict (hit: it is an error of this rule's kind; ``historical``: its
