@@ -109,6 +109,7 @@ class ScopeUpdate(msgspec.Struct, tag="scope_update"):
     alert_id: str = ""
     baseline: float = 0.0
     t_ms: int = 0
+    started_ms: int = 0  # when the firing alert was raised (event time): it explains only later onsets
 
 
 PairMessage = OutcomeBatch | Rebaseline | ScopeOutcomes | ScopeUpdate

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from services.contracts.alerts import AlertEvent
 from services.contracts.pairs import PairVerdict, group_outcomes
-from services.domain.detect import detect
+from services.domain.detect import detect_many
 from services.domain.monitor import MonitorPolicy
 
 
@@ -23,13 +23,14 @@ class Fleet:
         """One events record's verdicts: their pairs' and wider scopes' monitors, then what the
         wider scopes tell their members. Returns the alert changes, in order."""
         self.offset += 1
-        queue = deque(group_outcomes([(0, self.offset, verdicts)], head_ms).items())
+        queue: deque[tuple[bytes, bytes]] = deque(group_outcomes([(0, self.offset, verdicts)], head_ms).items())
         changes: list[AlertEvent] = []
-        while queue:
-            key, payload = queue.popleft()
-            found = detect(key, payload, self.states.get, self.policy, self.horizon_ms)
-            self.states[key] = found.state
-            changes.extend(found.changes)
-            queue.extend(found.notices)
+        while queue:  # one detection batch, then the scope updates it sent, as the next
+            batch = [(0, key, payload) for key, payload in queue]
+            queue.clear()
+            for _, key, found in detect_many(batch, lambda _, k: self.states.get(k), self.policy, self.horizon_ms):
+                self.states[key] = found.state
+                changes.extend(found.changes)
+                queue.extend(found.notices)
         self.alerts.extend(changes)
         return changes

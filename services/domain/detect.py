@@ -4,11 +4,12 @@ operator's re-baseline request), giving the pair's new state and its alert chang
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
-from services.contracts.alerts import RULES, AlertEvent
+from services.contracts.alerts import RULE_ERROR_RATE, RULES, AlertEvent
 from services.contracts.pairs import (
     SCOPE_LABEL,
     SCOPE_PAIR,
@@ -42,6 +43,34 @@ class PairState(msgspec.Struct, array_like=True):
     parents: dict[str, str] = {}
     priors: dict[str, float] = {}
     members: list[str] = []
+    parents_started: dict[str, int] = {}  # same keys as parents: when that alert was raised
+    member_counts: dict[str, tuple[float, float, int]] = {}  # wider scope: member -> decayed (n, errors, at)
+    clock: int = 0  # wider scope: verdicts seen (the decay's clock)
+
+
+MEMBER_HALF_LIFE = 2_000
+"""Verdicts of a wider scope after which a member's recent counts weigh half (``explains``)."""
+_DECAY = 0.5 ** (1 / MEMBER_HALF_LIFE)
+EXPLAINS = 0.5
+"""Share of a wider scope's recent excess errors a member must hold for that member's own wider
+alert to explain this one (see ``_parents``)."""
+
+
+def _count_member(stored: PairState, member: str, is_error: bool) -> None:
+    n, e, at = stored.member_counts.get(member, (0.0, 0.0, stored.clock))
+    f = _DECAY ** (stored.clock - at)
+    stored.member_counts[member] = (n * f + 1, e * f + is_error, stored.clock)
+
+
+def explains(stored: PairState, member: str, baseline: float) -> bool:
+    """Whether ``member`` holds at least ``EXPLAINS`` of the scope's recent excess errors (decayed
+    counts, half-life ``MEMBER_HALF_LIFE`` verdicts, against ``baseline``)."""
+    excess: dict[str, float] = {}
+    for m, (n, e, at) in stored.member_counts.items():
+        f = _DECAY ** (stored.clock - at)
+        excess[m] = (e - n * baseline) * f
+    total = sum(x for x in excess.values() if x > 0)
+    return total > 0 and excess.get(member, 0.0) >= EXPLAINS * total
 
 
 _pair_state_decoder = msgspec.msgpack.Decoder(PairState)
@@ -76,16 +105,22 @@ def _prior(stored: PairState, rule: str) -> tuple[float, str] | None:
     return None
 
 
-def _parent(stored: PairState, rule: str) -> str:
-    """A firing, paged wider alert this scope's alert of ``rule`` would be explained by: for a pair
-    its label's across vendors, else its vendor's across labels; for a wider scope one of the other
-    kind that shares a member (a vendor-wide shift during a label-wide incident of one of its labels
-    is that incident's, and the reverse)."""
-    for scope in WIDER_SCOPES:
+def _parents(stored: PairState, rule: str, scope: str, baseline: float) -> list[tuple[str, int]]:
+    """The firing, paged wider alerts this scope's alert of ``rule`` would be explained by, with when
+    each was raised, in order of preference (``PairMonitor.update`` links to the first). For a pair:
+    its label's across vendors, then its vendor's across labels. For a wider scope: a firing alert
+    of the other kind on one of its members that holds most of its recent excess (``explains``): a
+    vendor-wide shift whose excess is in one label during that label's incident is the incident's,
+    a label-wide shift whose excess is in one vendor is that vendor's problem; a shift spread over
+    the members is its own, whatever else fires (another incident, a false alarm)."""
+    out = []
+    for kind in WIDER_SCOPES:
         for key in sorted(stored.parents):
-            if key.startswith(f"{scope}|{rule}|") and (alert_id := stored.parents[key]):
-                return alert_id
-    return ""
+            if key.startswith(f"{kind}|{rule}|") and (alert_id := stored.parents[key]):
+                owner = key.split("|", 2)[2]
+                if scope == SCOPE_PAIR or explains(stored, owner, baseline):
+                    out.append((alert_id, stored.parents_started.get(key, 0)))
+    return out
 
 
 def detect(
@@ -125,6 +160,7 @@ def detect(
         key = _news_key(message.scope, message.rule, message.owner)
         was = stored.parents.get(key, "")
         stored.parents[key] = message.alert_id
+        stored.parents_started[key] = message.started_ms
         stored.priors[key] = message.baseline
         linked = monitors.get(message.rule)
         if linked is not None and was and was != message.alert_id and (news := linked.unlink(was, message.t_ms)):
@@ -137,27 +173,31 @@ def detect(
             if offset > before.get(partition, -1):
                 applied[partition] = offset
                 outcomes.append((t_ms, e, code))
-                if member and member not in seen:
-                    seen.add(member)
-                    new_members.append(member)
+                if member:
+                    stored.clock += 1
+                    _count_member(stored, member, e)
+                    if member not in seen:
+                        seen.add(member)
+                        new_members.append(member)
         stored.members.extend(new_members)
         if scope != SCOPE_PAIR and len(stored.members) < 2:
             outcomes = []  # a label with one vendor (a vendor with one label) is watched as the pair
         head = message.head_ms
-        parents = {rule: _parent(stored, rule) for rule in RULES}
+        base = monitors[RULE_ERROR_RATE].baseline_rate()  # members' counts are of every error
+        parents = {rule: _parents(stored, rule, scope, base) for rule in RULES}
         for t_ms, is_error, error_type in outcomes:
             old = historical(t_ms, head, horizon_ms)
             for rule, monitor in monitors.items():
                 if not old and (news := monitor.announce(t_ms)) is not None:
                     events.append(news)
                 hit = rule_hit(rule, is_error, error_type)
-                if (change := monitor.update(hit, t_ms, historical=old, parent_alert_id=parents[rule])) is not None:
+                if (change := monitor.update(hit, t_ms, historical=old, parents=parents[rule])) is not None:
                     events.append(change)
     t_last = max((t for t, _, _ in outcomes), default=getattr(message, "t_ms", 0))
     notices = _scope_notices(scope, (label, vendor), stored.members, new_members, monitors, baselines, events, t_last)
     snapshots = {rule: m.snapshot() for rule, m in monitors.items()}
     return Detection(
-        state=_msgpack.encode(PairState(snapshots, stored.applied, stored.parents, stored.priors, stored.members)),
+        state=_msgpack.encode(msgspec.structs.replace(stored, monitors=snapshots)),
         changes=events,
         policy_label=label,
         vendor_id=vendor,
@@ -190,8 +230,50 @@ def _scope_notices(
     for rule, monitor in monitors.items():
         st = monitor.state
         paged = monitor.alert_id() if st.firing and not st.parent_alert_id else ""
-        update = encode_scope_update(ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms))
+        update = encode_scope_update(
+            ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms, st.started_ms if paged else 0)
+        )
         for m in members if rule in changed else new_members:
             out.append((member_key(scope, owner, m), update))
             out.append((cross_key(scope, m), update))
+    return out
+
+
+def detect_many(
+    records: Sequence[tuple[int, bytes, bytes]],
+    load: Callable[[int, bytes], bytes | None],
+    policy: MonitorPolicy,
+    horizon_ms: int = 3_600_000,
+) -> list[tuple[int, bytes, Detection]]:
+    """``detect`` over a batch of (partition, key, payload) records, wider scopes first, each result
+    with its partition and key in the order applied (a key's later results see its earlier states).
+
+    A wider scope's news for a pair whose records are in the same batch is applied to that pair
+    before them (and still sent on the topic, where applying it again changes nothing): a pair
+    alarm in the same batch as its label's is then linked as it would be a batch later. The order
+    of records of different keys is free (each key's own order is kept), so this changes no count.
+    """
+    order = sorted(range(len(records)), key=lambda i: scope_of(*decode_pair_key(records[i][1])) == SCOPE_PAIR)
+    last = {records[i][1]: k for k, i in enumerate(order)}  # a key's last record in the order
+    pending = set(last)
+    early: dict[bytes, list[bytes]] = {}
+    latest: dict[tuple[int, bytes], bytes] = {}
+    out: list[tuple[int, bytes, Detection]] = []
+
+    def run(p: int, key: bytes, payload: bytes) -> Detection:
+        found = detect(key, payload, lambda k: latest.get((p, k)) or load(p, k), policy, horizon_ms)
+        latest[(p, key)] = found.state
+        out.append((p, key, found))
+        return found
+
+    for k, i in enumerate(order):
+        p, key, payload = records[i]
+        for news in early.pop(key, []):
+            run(p, key, news)
+        found = run(p, key, payload)
+        if last[key] == k:
+            pending.discard(key)
+        for target, update in found.notices:
+            if target in pending:
+                early.setdefault(target, []).append(update)
     return out

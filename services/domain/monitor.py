@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -237,10 +238,13 @@ class PairMonitor:
         # Raised as history and not announced yet: recorded so; ``announce`` pages it once current.
         return self._event("firing", t_ms, note=note, historical=not st.announced)
 
-    def update(self, hit: bool, t_ms: int, historical: bool = False, parent_alert_id: str = "") -> AlertEvent | None:
+    def update(
+        self, hit: bool, t_ms: int, historical: bool = False, parents: Sequence[tuple[str, int]] = ()
+    ) -> AlertEvent | None:
         """Feed one judged verdict (hit: it is an error of this rule's kind; ``historical``: its
-        event time is older than the paging horizon; ``parent_alert_id``: a firing alert of a wider
-        scope this pair belongs to, which an alert raised now is linked to)."""
+        event time is older than the paging horizon; ``parents``: firing wider alerts this scope
+        belongs to, (alert id, raised at), in order of preference: an alert raised now is linked to
+        the first)."""
         st, pol = self.state, self.policy
         if st.first_ms == 0:
             st.first_ms = t_ms
@@ -283,7 +287,7 @@ class PairMonitor:
             st.since_onset_n, st.since_onset_errors = change.verdicts, change.errors
             st.recovery = 0.0
             st.announced = not historical
-            st.parent_alert_id = parent_alert_id
+            st.parent_alert_id = next((a for a, _ in parents), "")
             return self._event("firing", t_ms, historical=historical)
         return None
 

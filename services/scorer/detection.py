@@ -30,7 +30,7 @@ from services.common.config import ScorerSettings
 from services.common.kafka import RebalanceListener, make_consumer, make_producer, seek_to_committed
 from services.common.unreadable import ConsumerHealth
 from services.contracts.alerts import AlertEvent, encode_alert
-from services.domain.detect import Detection, detect
+from services.domain.detect import Detection, detect_many
 from services.domain.monitor import MonitorPolicy
 from services.scorer.changelog import Sends, check_partitions, read_to_end, send_records
 from services.scorer.stores import PartitionStates, PartitionStores, remove_stores_of_dead_processes
@@ -154,20 +154,20 @@ class DetectionStage:
         changes: list[AlertEvent] = []
         notices: list[tuple[bytes, bytes]] = []
         written: dict[int, dict[bytes, bytes]] = {}
-        for tp, records in batch.items():
-            store, writes = self.states[tp.partition], written.setdefault(tp.partition, {})
-
-            def load(key: bytes, store: PartitionStates = store, writes: dict[bytes, bytes] = writes) -> bytes | None:
-                return writes.get(key) or store.get(key)
-
-            for record in records:
-                if record.key is None or record.value is None:
-                    continue
-                found = detect(record.key, record.value, load, self.policy, self.horizon_ms)
-                writes[record.key] = found.state
-                self.observe(found)
-                changes.extend(found.changes)
-                notices.extend(found.notices)
+        stores = {tp.partition: self.states[tp.partition] for tp in batch}
+        items = [
+            (tp.partition, r.key, r.value)
+            for tp, records in batch.items()
+            for r in records
+            if r.key is not None and r.value is not None
+        ]
+        for p, key, found in detect_many(items, lambda p, k: stores[p].get(k), self.policy, self.horizon_ms):
+            written.setdefault(p, {})[key] = found.state
+            self.observe(found)
+            changes.extend(found.changes)
+            notices.extend(found.notices)
+        for tp in batch:
+            written.setdefault(tp.partition, {})
         alerts = self.settings.topic_alerts
         sent = []
         for change in changes:
