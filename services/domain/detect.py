@@ -54,6 +54,9 @@ _DECAY = 0.5 ** (1 / MEMBER_HALF_LIFE)
 EXPLAINS = 0.5
 """Share of a wider scope's recent excess errors a member must hold for that member's own wider
 alert to explain this one (see ``_parents``)."""
+CONCENTRATED = 0.8
+"""Share of a wider scope's recent excess in one member above which the wider alert is that
+member's problem and takes no pair alert under it (see ``_scope_notices``)."""
 
 
 def _count_member(stored: PairState, member: str, is_error: bool) -> None:
@@ -62,15 +65,15 @@ def _count_member(stored: PairState, member: str, is_error: bool) -> None:
     stored.member_counts[member] = (n * f + 1, e * f + is_error, stored.clock)
 
 
-def explains(stored: PairState, member: str, baseline: float) -> bool:
-    """Whether ``member`` holds at least ``EXPLAINS`` of the scope's recent excess errors (decayed
+def explains(stored: PairState, member: str, baseline: float, share: float = EXPLAINS) -> bool:
+    """Whether ``member`` holds at least ``share`` of the scope's recent excess errors (decayed
     counts, half-life ``MEMBER_HALF_LIFE`` verdicts, against ``baseline``)."""
     excess: dict[str, float] = {}
     for m, (n, e, at) in stored.member_counts.items():
         f = _DECAY ** (stored.clock - at)
         excess[m] = (e - n * baseline) * f
     total = sum(x for x in excess.values() if x > 0)
-    return total > 0 and excess.get(member, 0.0) >= EXPLAINS * total
+    return total > 0 and excess.get(member, 0.0) >= share * total
 
 
 _pair_state_decoder = msgspec.msgpack.Decoder(PairState)
@@ -194,7 +197,7 @@ def detect(
                 if (change := monitor.update(hit, t_ms, historical=old, parents=parents[rule])) is not None:
                     events.append(change)
     t_last = max((t for t, _, _ in outcomes), default=getattr(message, "t_ms", 0))
-    notices = _scope_notices(scope, (label, vendor), stored.members, new_members, monitors, baselines, events, t_last)
+    notices = _scope_notices(scope, (label, vendor), stored, new_members, monitors, baselines, events, t_last)
     snapshots = {rule: m.snapshot() for rule, m in monitors.items()}
     return Detection(
         state=_msgpack.encode(msgspec.structs.replace(stored, monitors=snapshots)),
@@ -211,7 +214,7 @@ def detect(
 def _scope_notices(
     scope: str,
     owner: tuple[str, str],
-    members: list[str],
+    stored: PairState,
     new_members: list[str],
     monitors: dict[str, PairMonitor],
     baselines_before: dict[str, float],
@@ -221,15 +224,20 @@ def _scope_notices(
     """What a wider scope tells its member pairs and its members' other wider scopes: a new member
     everything, every member a rule's alert fired, resolved or linked, and its baseline once frozen
     (or moved by an operator). Only an alert that is paged itself is news to them: one linked under
-    another's does not become their parent."""
+    another's does not become their parent, and neither does one whose recent excess sits in one
+    member (``explains``): that is the member's problem, its pair alert pages on its own and the
+    wider alert's attribution names the member."""
     if scope == SCOPE_PAIR:
         return []
+    members = stored.members
+    base = monitors[RULE_ERROR_RATE].baseline_rate()
+    concentrated = any(explains(stored, m, base, CONCENTRATED) for m in members)
     out: list[tuple[bytes, bytes]] = []
     changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
     name = owner[0] if scope == SCOPE_LABEL else owner[1]
     for rule, monitor in monitors.items():
         st = monitor.state
-        paged = monitor.alert_id() if st.firing and not st.parent_alert_id else ""
+        paged = monitor.alert_id() if st.firing and not st.parent_alert_id and not concentrated else ""
         update = encode_scope_update(
             ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms, st.started_ms if paged else 0)
         )
