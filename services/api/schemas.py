@@ -222,3 +222,52 @@ EXPORT_COLUMNS = (
     "parent_alert_id",
     "baseline_source",
 )
+
+
+class FindingItem(BaseModel):
+    """A finding that a decision was wrong (``quality.remediations`` as stored)."""
+
+    remediation_id: str
+    decision_id: str
+    entity_type: str
+    entity_id: str
+    policy_label: str
+    vendor_id: str
+    market: str
+    action: str
+    error_type: str
+    recommendation: Literal["REVOKE_PENALTY", "REINSTATE", "ENFORCE", "RELABEL", "ADJUST_ACTION"]
+    finding: Literal["qa", "appeal"]
+    status: Literal["open", "retracted"]
+    decided_at: datetime
+    found_at: datetime
+    evidence: dict[str, list[str]]
+
+
+class FindingList(BaseModel):
+    items: list[FindingItem]
+    next_cursor: str | None = None
+
+
+class RereviewItem(BaseModel):
+    """A decision of the alert's scope since the change that QA has not judged."""
+
+    decision_id: str
+    entity_type: str
+    entity_id: str
+    policy_label: str
+    vendor_id: str
+    market: str
+    content_language: str
+    queue_id: str
+    model_version: str
+    actor_type: str
+    policy_version: str
+    action: str
+    decided_at: datetime
+    stratum: str = Field(description='the attribution slice it was drawn for ("market=DE"), or "elsewhere"')
+
+
+class RereviewList(BaseModel):
+    items: list[RereviewItem]
+    next_cursor: str | None = None

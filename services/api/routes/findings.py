@@ -26,6 +26,7 @@ from sqlalchemy import and_, or_, select
 from services.api.deps import EngineDep, reader
 from services.api.queries import aware, load_alert
 from services.api.routes.alerts import evidence_of
+from services.api.schemas import FindingList, RereviewList
 from services.common.db import SLICE_DIMENSIONS, decision_samples, remediations
 from services.contracts.alerts import RULE_OVER, RULE_UNDER
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
@@ -139,7 +140,10 @@ async def _findings_page(engine: Any, where: list[Any], limit: int, cursor: str 
     return list(rows[:limit]), nxt
 
 
-@router.get("/v1/alerts/{alert_id}/findings")
+CSV = {200: {"content": {"text/csv": {}}}}
+
+
+@router.get("/v1/alerts/{alert_id}/findings", response_model=FindingList, responses=CSV)
 async def findings(
     alert_id: str,
     engine: EngineDep,
@@ -161,7 +165,7 @@ async def findings(
     return _answer([_row(r, FINDING_COLUMNS) for r in rows], nxt, format, FINDING_COLUMNS, f"findings-{alert_id}")
 
 
-@router.get("/v1/remediations")
+@router.get("/v1/remediations", response_model=FindingList, responses=CSV)
 async def list_remediations(
     engine: EngineDep,
     policy_label: str | None = None,
@@ -221,7 +225,7 @@ def stratified_sample(
     return out[:size]
 
 
-@router.get("/v1/alerts/{alert_id}/rereview")
+@router.get("/v1/alerts/{alert_id}/rereview", response_model=RereviewList, responses=CSV)
 async def rereview(
     alert_id: str,
     engine: EngineDep,
