@@ -11,6 +11,7 @@ the same action without changing the result.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import orjson
@@ -141,23 +142,28 @@ async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
                 entries.append(("unlinked", f"its wider alert {was} resolved; announced on its own"))
         await conn.execute(stmt)
         for action, detail in entries:
-            history = (
-                insert_for(engine, alert_history)
-                .values(
-                    event_id=f"{event.alert_id}:{action}",
-                    alert_id=event.alert_id,
-                    policy_label=event.policy_label,
-                    vendor_id=event.vendor_id,
-                    rule=event.rule,
-                    action=action,
-                    actor="modq-scorer",
-                    at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
-                    detail=detail,
-                    recorded_at=datetime.now(tz=UTC),
-                )
-                .on_conflict_do_nothing(index_elements=["event_id"])
-            )
-            await conn.execute(history)
+            await conn.execute(_scorer_row(engine, event, f"{event.alert_id}:{action}", action, detail))
+
+
+def _scorer_row(engine: AsyncEngine, event: AlertEvent, event_id: str, action: str, detail: str) -> Any:
+    """A history row of the scorer's about an alert change (once per ``event_id``)."""
+    fired = event.status != "resolved"
+    return (
+        insert_for(engine, alert_history)
+        .values(
+            event_id=event_id,
+            alert_id=event.alert_id,
+            policy_label=event.policy_label,
+            vendor_id=event.vendor_id,
+            rule=event.rule,
+            action=action,
+            actor="modq-scorer",
+            at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
+            detail=detail,
+            recorded_at=datetime.now(tz=UTC),
+        )
+        .on_conflict_do_nothing(index_elements=["event_id"])
+    )
 
 
 async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
@@ -177,22 +183,9 @@ async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
         baseline=event.baseline_rate,
         alarm=parse_ts(event.started_at),
     )
-    fired = event.status != "resolved"
-    note = (
-        insert_for(engine, alert_history)
-        .values(
-            event_id=f"{event.alert_id}:evidence:{'fired' if fired else 'resolved'}",
-            alert_id=event.alert_id,
-            policy_label=event.policy_label,
-            vendor_id=event.vendor_id,
-            rule=event.rule,
-            action="evidence",
-            actor="modq-scorer",
-            at=parse_ts(event.started_at if fired else (event.resolved_at or event.started_at)),
-            detail=found.words or "no excess to attribute",
-            recorded_at=datetime.now(tz=UTC),
-        )
-        .on_conflict_do_nothing(index_elements=["event_id"])
+    when = "fired" if event.status != "resolved" else "resolved"
+    note = _scorer_row(
+        engine, event, f"{event.alert_id}:evidence:{when}", "evidence", found.words or "no excess to attribute"
     )
     async with engine.begin() as conn:
         await conn.execute(

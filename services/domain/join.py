@@ -31,6 +31,7 @@ from services.contracts.codes import (
 )
 from services.contracts.remediations import (
     APPEAL_ERROR_TYPES,
+    Finding,
     Remediation,
     Status,
     recommend,
@@ -211,10 +212,11 @@ class Deltas:
         )
 
 
-def qa_finding(decision_id: str, attrs: DecisionAttrs, v: CurrentVerdict, status: Status) -> Remediation:
-    error_type = ERROR_TYPES[v.error_type] if 0 <= v.error_type < len(ERROR_TYPES) else "NONE"
+def _finding(
+    kind: Finding, decision_id: str, attrs: DecisionAttrs, evidence_id: str, error_type: str, status: Status, t_ms: int
+) -> Remediation:
     return Remediation(
-        remediation_id=remediation_id("qa", decision_id, v.verdict_id),
+        remediation_id=remediation_id(kind, decision_id, evidence_id),
         decision_id=decision_id,
         entity_type=attrs.entity_type,
         entity_id=attrs.entity_id,
@@ -224,33 +226,24 @@ def qa_finding(decision_id: str, attrs: DecisionAttrs, v: CurrentVerdict, status
         action=attrs.action,
         error_type=error_type,
         recommendation=recommend(error_type, attrs.action),
-        evidence=RemediationEvidence(verdict_ids=[v.verdict_id]),
+        evidence=RemediationEvidence(
+            verdict_ids=[evidence_id] if kind == "qa" else [], appeal_ids=[evidence_id] if kind == "appeal" else []
+        ),
         status=status,
-        finding="qa",
+        finding=kind,
         decided_at=iso(attrs.t_ms),
-        found_at=iso(v.t_ms),
+        found_at=iso(t_ms),
     )
+
+
+def qa_finding(decision_id: str, attrs: DecisionAttrs, v: CurrentVerdict, status: Status) -> Remediation:
+    error_type = ERROR_TYPES[v.error_type] if 0 <= v.error_type < len(ERROR_TYPES) else "NONE"
+    return _finding("qa", decision_id, attrs, v.verdict_id, error_type, status, v.t_ms)
 
 
 def appeal_finding(decision_id: str, attrs: DecisionAttrs, appeal_id: str, outcome: int, t_ms: int) -> Remediation:
     error_type = APPEAL_ERROR_TYPES[APPEAL_OUTCOMES[outcome]]
-    return Remediation(
-        remediation_id=remediation_id("appeal", decision_id, appeal_id),
-        decision_id=decision_id,
-        entity_type=attrs.entity_type,
-        entity_id=attrs.entity_id,
-        policy_label=attrs.policy_label,
-        vendor_id=attrs.vendor_id,
-        market=attrs.market,
-        action=attrs.action,
-        error_type=error_type,
-        recommendation=recommend(error_type, attrs.action),
-        evidence=RemediationEvidence(appeal_ids=[appeal_id]),
-        status="open",
-        finding="appeal",
-        decided_at=iso(attrs.t_ms),
-        found_at=iso(t_ms),
-    )
+    return _finding("appeal", decision_id, attrs, appeal_id, error_type, "open", t_ms)
 
 
 def _count_verdict(row: Counts, v: CurrentVerdict, sign: int) -> None:
