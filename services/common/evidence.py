@@ -19,7 +19,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import rate_buckets, slice_buckets
-from services.contracts.alerts import RULE_OVER, RULE_UNDER
+from services.contracts.alerts import RULE_OVER, RULE_UNDER, AlertEvent
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
 from services.domain import attribution, impact
 from services.domain import onset as onset_mod
@@ -164,3 +164,24 @@ async def gather(
     hurt = impact.impact_since_change(minutes, baseline, best, early, late, types)  # type: ignore[arg-type]
     words = "; ".join(w for w in (attribution.in_words(slices), impact.in_words(hurt)) if w)
     return Evidence([x.as_dict() for x in slices], {**hurt.as_dict(), "since": onset.isoformat()}, words, onset)
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def of_alert(engine: AsyncEngine, a: AlertEvent) -> Evidence:
+    """``gather`` for an alert change as published."""
+    onset = _ts(a.onset_at)
+    assert onset is not None
+    return await gather(
+        engine,
+        scope=a.scope,
+        policy_label=a.policy_label,
+        vendor_id=a.vendor_id,
+        rule=a.rule,
+        onset=onset,
+        end=_ts(a.resolved_at),
+        baseline=a.baseline_rate,
+        alarm=_ts(a.started_at),
+    )

@@ -19,7 +19,7 @@ from sqlalchemy import and_, case, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.db import alert_history, alerts, insert_for, remediations, silences
-from services.common.evidence import gather
+from services.common.evidence import of_alert
 from services.contracts.actions import AlertAction
 from services.contracts.alerts import AlertEvent
 from services.contracts.remediations import Remediation
@@ -170,19 +170,7 @@ async def record_evidence(engine: AsyncEngine, event: AlertEvent) -> None:
     """Store the alert's attribution and impact as of this change (final once it resolves): what the
     list endpoints show without recomputing; and a history row (``evidence``) that says them in words,
     as they stood when it fired and when it resolved."""
-    onset = parse_ts(event.onset_at)
-    assert onset is not None
-    found = await gather(
-        engine,
-        scope=event.scope,
-        policy_label=event.policy_label,
-        vendor_id=event.vendor_id,
-        rule=event.rule,
-        onset=onset,
-        end=parse_ts(event.resolved_at),
-        baseline=event.baseline_rate,
-        alarm=parse_ts(event.started_at),
-    )
+    found = await of_alert(engine, event)
     when = "fired" if event.status != "resolved" else "resolved"
     note = _scorer_row(
         engine, event, f"{event.alert_id}:evidence:{when}", "evidence", found.words or "no excess to attribute"

@@ -21,22 +21,8 @@ from collections.abc import Sequence
 def change_point(series: Sequence[tuple[int, int, int]], p0: float) -> int | None:
     """The start (of the buckets ``(start_ms, verdicts, errors)``, in time order) that maximises the
     likelihood of a rise from ``p0`` there; None when no suffix is above ``p0``."""
-    if not 0 < p0 < 1:
-        return None
-    best, best_t = 0.0, None
-    n = e = 0
-    for start, verdicts, errors in reversed(series):
-        n += verdicts
-        e += errors
-        if n == 0:
-            continue
-        p = e / n
-        if p <= p0:
-            continue
-        llr = e * math.log(p / p0) + ((n - e) * math.log((1 - p) / (1 - p0)) if p < 1 else 0.0)
-        if llr > best:
-            best, best_t = llr, start
-    return best_t
+    found = change_point_set(series, p0)
+    return None if found is None else found[0]
 
 
 LIKELIHOOD_DROP = 1.92

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.common.config import NotifierSettings
 from services.common.db import DB_UNAVAILABLE, alerts, insert_for, make_engine, notification_deliveries, silences
-from services.common.evidence import counted_to, gather
+from services.common.evidence import counted_to, of_alert
 from services.common.history import (
     apply_action,
     parse_ts,
@@ -313,8 +313,8 @@ class Notifier:
         """The notice with its alert's attribution and impact, from the database's exact counts."""
         a = notice.alert
         assert a is not None and self.engine is not None
-        onset, alarm = parse_ts(a.onset_at), parse_ts(a.started_at)
-        assert onset is not None and alarm is not None
+        alarm = parse_ts(a.started_at)
+        assert alarm is not None
         # The alert can come before the scorer's last counts are written: wait (a little) until the
         # database counts up to the alarm's minute, so the evidence is complete.
         deadline = asyncio.get_running_loop().time() + self.settings.notifier_evidence_wait_s
@@ -323,17 +323,7 @@ class Notifier:
             if newest is not None and newest >= alarm.replace(second=0, microsecond=0):
                 break
             await asyncio.sleep(0.5)
-        found = await gather(
-            self.engine,
-            scope=a.scope,
-            policy_label=a.policy_label,
-            vendor_id=a.vendor_id,
-            rule=a.rule,
-            onset=onset,
-            end=parse_ts(a.resolved_at),
-            baseline=a.baseline_rate,
-            alarm=parse_ts(a.started_at),
-        )
+        found = await of_alert(self.engine, a)
         return dataclasses.replace(notice, evidence=found)
 
     async def _send(self, receiver: Receiver, notice: Notice) -> str:
