@@ -28,6 +28,7 @@ log = logging.getLogger("modq.scorer.remediations")
 
 SOURCE_HEADER = "modq-source"  # b"<events partition>:<offset>:<index>"
 TAIL_CHUNK = 2_000
+READ_BACK_TIMEOUT_S = 60.0  # a read-back that cannot finish fails (recovery retries it)
 
 
 def _source(headers: Iterable[tuple[str, bytes]]) -> tuple[int, int, int] | None:
@@ -80,11 +81,14 @@ class RemediationLog:
             reader.seek(tp, start)
             best: dict[int, tuple[int, int]] = {}
             position = start
+            deadline = asyncio.get_running_loop().time() + READ_BACK_TIMEOUT_S
             while position < stop:
                 batch = await reader.getmany(tp, timeout_ms=1_000, max_records=5_000)
                 records = batch.get(tp, [])
-                if not records:
-                    break
+                if not records:  # a slow fetch is not the end: what is there must all be read
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError(f"reading back {self.topic} partition {t}: at {position} of {stop}")
+                    continue
                 for r in records:
                     if r.offset >= stop:
                         break

@@ -180,8 +180,12 @@ async def test_every_codec_every_label_counted_exactly(
                 resp = await client.get("/v1/alerts", params={"status": "firing", "rule": "error_rate"})
                 return list(resp.json()["items"])
 
-            alerts = await eventually(firing, 90)
+            await eventually(firing, 90)
+            everything = await firing()
+            alerts = [a for a in everything if a["scope"] == "pair"]
             assert [(a["policy_label"], a["vendor_id"]) for a in alerts] == [DRIFT]
+            # (and its label across vendors, whose excess is this pair's: nothing else)
+            assert {(a["policy_label"], a["vendor_id"]) for a in everything} <= {DRIFT, (DRIFT[0], "*")}
             alert = alerts[0]
             assert (
                 alert["dedup_key"]
