@@ -131,7 +131,7 @@ def _print_evidence(client: httpx.Client, alert_id: str) -> None:
     except (httpx.HTTPError, ValueError):
         return
     for item in (detail.get("attribution") or [])[:3]:
-        print(f"         {item['share']:.0%} of the excess in {item['dimension']} {item['value']}")
+        print(f"         {item['share']:.0%} of the excess in {item['dimension']} {item['value']}")  # (capped at 100%)
     if detail.get("impact"):
         i = detail["impact"]
         print(

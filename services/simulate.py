@@ -218,7 +218,7 @@ async def run_simulator(settings: CommonSettings, cfg: SimConfig) -> int:
     start = time.time()
     model = TrafficModel(cfg, start)
     sent, carry, tick = 0, 0.0, 0.1
-    log.info("simulating", extra={"rate": cfg.rate, "drift": str(cfg.drift) if cfg.drift else None})
+    log.info("simulating", extra={"rate": cfg.rate, "drifts": [str(d) for d in cfg.drifts]})
     try:
         while cfg.duration_s is None or time.time() - start < cfg.duration_s:
             now = time.time()

@@ -39,7 +39,7 @@ class RateList(BaseModel):
 class AttributionItem(BaseModel):
     dimension: str
     value: str
-    share: float = Field(description="fraction of the scope's excess errors since onset in this slice")
+    share: float = Field(description="fraction of the scope's excess errors since the change in this slice (at most 1)")
     observed_rate: float | None
     baseline_rate: float | None
     verdicts: int

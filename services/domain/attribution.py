@@ -47,7 +47,7 @@ class Slice:
         return {
             "dimension": self.dimension,
             "value": self.value,
-            "share": round(self.share, 4),
+            "share": round(min(self.share, 1.0), 4),  # (above 1 when other slices made fewer errors)
             "observed_rate": None if self.observed_rate is None else round(self.observed_rate, 6),
             "baseline_rate": None if self.baseline_rate is None else round(self.baseline_rate, 6),
             "verdicts": self.verdicts,
