@@ -31,6 +31,15 @@ DB_UNAVAILABLE = (OperationalError, DBAPIError, OSError)
 
 metadata = MetaData()
 
+
+def count_columns() -> list[Column[Any]]:
+    """The counters of a bucket table (``COUNT_FIELDS``): integers, and floats for the weighted sums."""
+    return [
+        Column(name, Float if name.startswith("weighted") else BigInteger, nullable=False, server_default="0")
+        for name in COUNT_FIELDS
+    ]
+
+
 rate_buckets = Table(
     "rate_buckets",
     metadata,
@@ -38,10 +47,7 @@ rate_buckets = Table(
     Column("vendor_id", String(LABEL_MAX), nullable=False),
     Column("market", String(LABEL_MAX), nullable=False),
     Column("bucket_start", DateTime(timezone=True), nullable=False),
-    *[
-        Column(name, Float if name.startswith("weighted") else BigInteger, nullable=False, server_default="0")
-        for name in COUNT_FIELDS
-    ],
+    *count_columns(),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("policy_label", "vendor_id", "market", "bucket_start"),
     Index("ix_rate_buckets_bucket_start", "bucket_start"),
@@ -108,10 +114,7 @@ slice_buckets = Table(
     Column("dimension", String(32), nullable=False),
     Column("value", String(LABEL_MAX), nullable=False),
     Column("bucket_start", DateTime(timezone=True), nullable=False),
-    *[
-        Column(name, Float if name.startswith("weighted") else BigInteger, nullable=False, server_default="0")
-        for name in COUNT_FIELDS
-    ],
+    *count_columns(),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("policy_label", "vendor_id", "dimension", "value", "bucket_start"),
     Index("ix_slice_buckets_bucket_start", "bucket_start"),

@@ -96,6 +96,35 @@ async def _series(
     return [(t if t.tzinfo else t.replace(tzinfo=UTC), [int(v or 0) for v in rest]) for t, *rest in rows]
 
 
+def _change(
+    series: list[tuple[datetime, list[int]]], onset: datetime, until: datetime, baseline: float
+) -> tuple[datetime, datetime, datetime]:
+    """(change point, earliest, latest of its 95% likelihood interval); the detector's onset if none."""
+    found = onset_mod.change_point_set([(i, c[0], c[1]) for i, (t, c) in enumerate(series) if t <= until], baseline)
+    if found is None:
+        return _minute(onset), _minute(onset), _minute(onset)
+    best, early, late = (series[i][0] for i in found)
+    return best, early, late
+
+
+async def change_since(
+    engine: AsyncEngine,
+    *,
+    scope: str,
+    policy_label: str,
+    vendor_id: str,
+    rule: str,
+    onset: datetime,
+    end: datetime | None,
+    baseline: float,
+    alarm: datetime | None = None,
+) -> datetime:
+    """The change point alone (what ``gather`` counts from), one query instead of the evidence's."""
+    column = RULE_COLUMN.get(rule, "errors")
+    series = await _series(engine, scope, policy_label, vendor_id, column, _minute(onset) - ONSET_SEARCH, end)
+    return _change(series, onset, alarm or end or onset + ONSET_SEARCH, baseline)[0]
+
+
 async def gather(
     engine: AsyncEngine,
     *,
@@ -113,11 +142,7 @@ async def gather(
     detector's onset to the alarm."""
     column = RULE_COLUMN.get(rule, "errors")
     series = await _series(engine, scope, policy_label, vendor_id, column, _minute(onset) - ONSET_SEARCH, end)
-    until = alarm or end or onset + ONSET_SEARCH
-    found = onset_mod.change_point_set([(i, c[0], c[1]) for i, (t, c) in enumerate(series) if t <= until], baseline)
-    best = early = late = _minute(onset)
-    if found is not None:
-        best, early, late = (series[i][0] for i in found)
+    best, early, late = _change(series, onset, alarm or end or onset + ONSET_SEARCH, baseline)
     onset = best
     b, s = rate_buckets.c, slice_buckets.c
     window = [b.bucket_start >= onset - BASELINE_WINDOW, *([b.bucket_start <= end] if end is not None else [])]

@@ -29,7 +29,7 @@ from services.api.schemas import (
 )
 from services.common.auth import Principal
 from services.common.config import ApiSettings
-from services.common.evidence import Evidence, gather
+from services.common.evidence import Evidence, change_since, gather
 from services.common.history import apply_action
 from services.contracts.actions import new_action
 
@@ -147,6 +147,22 @@ async def get_alert(alert_id: str, engine: EngineDep, settings: SettingsDep) -> 
     if row["status"] != "resolved" or row.get("impact") is None:
         evidence = await evidence_of(engine, row)
     return alert_item(settings, row, evidence)
+
+
+async def since_of(engine: AsyncEngine, row: dict[str, Any]) -> datetime:
+    """The change point an alert's evidence counts from (without the rest of the evidence)."""
+    r = aware(row)
+    return await change_since(
+        engine,
+        scope=r["scope"],
+        policy_label=r["policy_label"],
+        vendor_id=r["vendor_id"],
+        rule=r["rule"],
+        onset=r["onset_at"],
+        end=r["resolved_at"],
+        baseline=r["baseline_rate"],
+        alarm=r["started_at"],
+    )
 
 
 async def evidence_of(engine: AsyncEngine, row: dict[str, Any]) -> Evidence:

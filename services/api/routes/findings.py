@@ -24,8 +24,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from sqlalchemy import and_, or_, select
 
 from services.api.deps import EngineDep, reader
-from services.api.queries import aware, load_alert
-from services.api.routes.alerts import evidence_of
+from services.api.queries import aware, decode_cursor, encode_cursor, load_alert
+from services.api.routes.alerts import evidence_of, since_of
 from services.api.schemas import FindingList, RereviewList
 from services.common.db import SLICE_DIMENSIONS, decision_samples, remediations
 from services.contracts.alerts import RULE_OVER, RULE_UNDER
@@ -64,18 +64,6 @@ REREVIEW_COLUMNS = (
     "stratum",
 )
 MAX_POOL = 50_000  # unjudged sampled decisions a re-review sample is drawn from
-
-
-def _cursor(decided_at: datetime, key: str) -> str:
-    return base64.urlsafe_b64encode(f"{decided_at.isoformat()}|{key}".encode()).decode()
-
-
-def _uncursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        ts, key = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(ts), key
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "invalid cursor") from None
 
 
 def _row(r: Any, columns: tuple[str, ...]) -> dict[str, Any]:
@@ -129,14 +117,14 @@ async def _findings_page(engine: Any, where: list[Any], limit: int, cursor: str 
     c = remediations.c
     stmt = select(remediations).where(*where).order_by(c.decided_at, c.remediation_id).limit(limit + 1)
     if cursor:
-        at, key = _uncursor(cursor)
+        at, key = decode_cursor(cursor)
         stmt = stmt.where(or_(c.decided_at > at, and_(c.decided_at == at, c.remediation_id > key)))
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
     nxt = None
     if len(rows) > limit:
         last = aware(rows[limit - 1])
-        nxt = _cursor(last["decided_at"], last["remediation_id"])
+        nxt = encode_cursor(last["decided_at"], last["remediation_id"])
     return list(rows[:limit]), nxt
 
 
@@ -156,7 +144,7 @@ async def findings(
     or an appeal overturned, still open, of the alert's error type, oldest first, with their
     recommendation (REVOKE_PENALTY, REINSTATE, ENFORCE, RELABEL, ADJUST_ACTION)."""
     alert = aware(await load_alert(engine, alert_id))
-    since = (await evidence_of(engine, alert)).since
+    since = await since_of(engine, alert)
     where = [*_scope_filter(remediations, alert), *_since_onset(remediations, alert, since)]
     where.append(remediations.c.status == "open")
     if alert["rule"] in RULE_ERROR_TYPE:
