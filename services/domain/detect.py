@@ -4,6 +4,7 @@ operator's re-baseline request), giving the pair's new state and its alert chang
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class PairState(msgspec.Struct, array_like=True):
     priors: dict[str, float] = {}
     members: list[str] = []
     parents_started: dict[str, int] = {}  # same keys as parents: when that alert was raised
+    told: dict[str, str] = {}  # wider scope: rule -> the paged alert id its members were last told ("" none)
     member_counts: dict[str, tuple[float, float, int]] = {}  # wider scope: member -> decayed (n, errors, at)
     clock: int = 0  # wider scope: verdicts seen (the decay's clock)
 
@@ -51,12 +53,6 @@ class PairState(msgspec.Struct, array_like=True):
 MEMBER_HALF_LIFE = 2_000
 """Verdicts of a wider scope after which a member's recent counts weigh half (``explains``)."""
 _DECAY = 0.5 ** (1 / MEMBER_HALF_LIFE)
-EXPLAINS = 0.5
-"""Share of a wider scope's recent excess errors a member must hold for that member's own wider
-alert to explain this one (see ``_parents``)."""
-CONCENTRATED = 0.8
-"""Share of a wider scope's recent excess in one member above which the wider alert is that
-member's problem and takes no pair alert under it (see ``_scope_notices``)."""
 
 
 def _count_member(stored: PairState, member: str, is_error: bool) -> None:
@@ -65,15 +61,41 @@ def _count_member(stored: PairState, member: str, is_error: bool) -> None:
     stored.member_counts[member] = (n * f + 1, e * f + is_error, stored.clock)
 
 
-def explains(stored: PairState, member: str, baseline: float, share: float = EXPLAINS) -> bool:
-    """Whether ``member`` holds at least ``share`` of the scope's recent excess errors (decayed
-    counts, half-life ``MEMBER_HALF_LIFE`` verdicts, against ``baseline``)."""
-    excess: dict[str, float] = {}
+ALONE_LLR = 3.0
+"""How much more likely (log-likelihood) *one member moved* must be than *the scope moved* for the
+member alone to explain a wider scope's rise (``explains``): e^3 = 20 to 1."""
+
+
+def _loglik(errors: float, n: float, p: float) -> float:
+    """Binomial log-likelihood of ``errors`` in ``n`` at rate ``p`` (without the constant)."""
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return errors * math.log(p) + (n - errors) * math.log(1 - p)
+
+
+def explains(stored: PairState, member: str, baseline: float) -> bool:
+    """Whether ``member`` alone explains the scope's recent rise better than a rise of every member.
+
+    Two one-parameter models of the recent (decayed, half-life ``MEMBER_HALF_LIFE`` verdicts)
+    counts, compared by likelihood: *one member moved* (``member`` at its own rate, every other at
+    ``baseline``) against *the scope moved* (every member at the pooled rate). This is the question
+    a model logit p = mu + a(label) + b(vendor) + g(label, vendor) asks of a label-wide (or
+    vendor-wide) rise: is it the pair's term g or the scope's term a (b)? Shares of the recent
+    excess decided it before, and at a label-wide alarm a few hours into a shift, when every
+    member's excess is mostly noise, one member's chance share was often high enough to keep the
+    pairs of a policy incident from linking under it.
+    """
+    counts: dict[str, tuple[float, float]] = {}
     for m, (n, e, at) in stored.member_counts.items():
         f = _DECAY ** (stored.clock - at)
-        excess[m] = (e - n * baseline) * f
-    total = sum(x for x in excess.values() if x > 0)
-    return total > 0 and excess.get(member, 0.0) >= share * total
+        counts[m] = (n * f, e * f)
+    n_m, e_m = counts.get(member, (0.0, 0.0))
+    if n_m <= 0 or e_m <= n_m * baseline:
+        return False
+    one = _loglik(e_m, n_m, e_m / n_m) + sum(_loglik(e, n, baseline) for m, (n, e) in counts.items() if m != member)
+    total_n = sum(n for n, _ in counts.values())
+    pooled = max(sum(e for _, e in counts.values()) / total_n, baseline)
+    spread = sum(_loglik(e, n, pooled) for n, e in counts.values())
+    return one - spread > ALONE_LLR
 
 
 _pair_state_decoder = msgspec.msgpack.Decoder(PairState)
@@ -112,7 +134,7 @@ def _parents(stored: PairState, rule: str, scope: str, baseline: float) -> list[
     """The firing, paged wider alerts this scope's alert of ``rule`` would be explained by, with when
     each was raised, in order of preference (``PairMonitor.update`` links to the first). For a pair:
     its label's across vendors, then its vendor's across labels. For a wider scope: a firing alert
-    of the other kind on one of its members that holds most of its recent excess (``explains``): a
+    of the other kind on one of its members that alone explains its recent rise (``explains``): a
     vendor-wide shift whose excess is in one label during that label's incident is the incident's,
     a label-wide shift whose excess is in one vendor is that vendor's problem; a shift spread over
     the members is its own, whatever else fires (another incident, a false alarm)."""
@@ -147,6 +169,7 @@ def detect(
             policy,
             state=stored.monitors.get(rule, MonitorState()),
             prior=_prior(stored, rule) if scope == SCOPE_PAIR else None,  # a wider scope's: the configured rate
+            members=len(stored.members) if scope != SCOPE_PAIR else 1,
         )
         for rule in RULES
     }
@@ -231,13 +254,16 @@ def _scope_notices(
         return []
     members = stored.members
     base = monitors[RULE_ERROR_RATE].baseline_rate()
-    concentrated = any(explains(stored, m, base, CONCENTRATED) for m in members)
+    concentrated = any(explains(stored, m, base) for m in members)
     out: list[tuple[bytes, bytes]] = []
     changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
     name = owner[0] if scope == SCOPE_LABEL else owner[1]
     for rule, monitor in monitors.items():
         st = monitor.state
         paged = monitor.alert_id() if st.firing and not st.parent_alert_id and not concentrated else ""
+        if stored.told.get(rule, "") != paged:  # (its excess concentrated in a member, or spread again)
+            changed.add(rule)
+            stored.told[rule] = paged
         update = encode_scope_update(
             ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms, st.started_ms if paged else 0)
         )

@@ -1,15 +1,18 @@
 """How many decisions an alert's problem hurt: the decisions made in its scope since onset, how many
 are estimated wrong (95% interval), how many beyond the baseline, by error type. Pure, no I/O.
 
-QA judged ``verdicts`` of the ``decisions`` made since onset, ``errors`` of them wrong. Those are
-known; the rest are estimated at the judged rate, so
+QA judged ``verdicts`` (n) of the ``decisions`` (N) made since onset, ``errors`` of them wrong. Those
+are known; the other M = N - n are estimated at the judged rate, so
 
-    estimated_wrong = errors + (decisions - verdicts) * p,   p = errors / verdicts,
+    estimated_wrong = errors + M * p,   p = errors / n.
 
-with the 95% interval from the Wilson interval of p applied to the decisions not judged (the judged
-ones need no interval: a finite-population view, which matters once QA samples a large share). When
-the window holds more verdicts than decisions (verdicts on older decisions), every decision is
-estimated: ``decisions * p`` within ``decisions * [low, high]``. ``excess_wrong`` is the estimate
+The interval is a prediction interval for the wrong among the M not judged, which are themselves
+Bernoulli draws beside the uncertainty in p: var(M p - wrong among M) = M p (1 - p) + M^2 p (1 - p) / n
+= M^2 p (1 - p) / n_eff with n_eff = n M / (n + M) (the finite-population correction of sampling n of
+N without replacement gives the same). So the 95% interval is ``errors + M * Wilson(p, n_eff)``.
+(Wilson on n alone, the interval of p only, covered 91% where QA judges a quarter: too narrow by
+sqrt(N / M).) When the window holds more verdicts than decisions (verdicts on older decisions), every
+decision is estimated the same way with M = N. ``excess_wrong`` is the estimate
 less what the baseline rate would have made (``decisions * baseline``). Error types are split in the
 same proportions as among the judged. Over-enforcement counts sellers and listings wrongly penalised
 (penalties to revoke, listings to reinstate); under-enforcement, harmful content left up."""
@@ -49,11 +52,12 @@ def impact(decisions: int, verdicts: int, errors: int, by_error_type: Mapping[st
     if verdicts <= 0:
         return Impact(decisions, 0, 0, decisions, 0, {k: 0 for k in by_error_type})
     p = errors / verdicts
-    low, high = wilson_interval(errors, verdicts)
     if verdicts < decisions:  # the judged are known, the rest estimated
         known, rest = float(errors), decisions - verdicts
     else:  # more verdicts than decisions in the window (some judge older decisions): all estimated
         known, rest = 0.0, decisions
+    n_eff = verdicts * rest / (verdicts + rest) if rest else float(verdicts)
+    low, high = wilson_interval(p * n_eff, n_eff)
     estimate = known + rest * p
     return Impact(
         decisions=decisions,

@@ -43,6 +43,9 @@ RESOLVE_Z = 1.0
 """The downward test asks whether the rate is back at baseline rather than still at the rate observed
 since onset plus this many standard errors (see ``PairMonitor.still_rate``)."""
 SMALLEST_SHIFT = min(k for k, _ in MIXTURE)
+RESOLVE_BOOST = 2.0
+"""A wider scope of k members resolves on the downward test's threshold plus RESOLVE_BOOST * ln(k)
+(see ``PairMonitor.resolve_threshold``)."""
 
 
 def rule_hit(rule: str, is_error: bool, error_type: int) -> bool:
@@ -115,6 +118,9 @@ class PairMonitor:
     """(rate, scope) a pair is held to while it learns its own baseline: a wider scope's frozen
     baseline (``policy_label``: its label across vendors; ``vendor``: its vendor across labels);
     None: the configured rate."""
+    members: int = 1
+    """Pairs a wider scope pools (1 for a pair): its resolution threshold is raised by ln(members)
+    (see ``resolve_threshold``)."""
     scope: str = field(init=False, default=SCOPE_PAIR)
     detector: MixtureShiryaevRoberts | None = field(init=False, default=None)
     _design: tuple[float, float] = field(init=False, default=(0.0, 0.0))
@@ -186,7 +192,20 @@ class PairMonitor:
             carried = list(self.state.detector) if self.state.detector else list(self.state.cusum)
         self.detector = MixtureShiryaevRoberts(*mixture_design(p0, arl0))
         self.detector.load_state(carried)
-        self._recovery = BernoulliRecovery(self.detector.p0, self.detector.p1, self.policy.resolve_threshold)
+        self._recovery = BernoulliRecovery(self.detector.p0, self.detector.p1, self.resolve_threshold())
+
+    def resolve_threshold(self) -> float:
+        """The downward test's threshold: the configured one, raised by ``RESOLVE_BOOST`` * ln(k) for
+        a wider scope of k members.
+
+        Under a persisting shift the downward CUSUM crosses a threshold h by chance at a rate per
+        verdict of about exp(-h); a wider scope sees its members' verdicts together, k times a pair's,
+        so on the same threshold it would resolve during the shift (and fire again, announcing its
+        linked pairs on their own) k times as often per day as a pair. 2 ln(k) more makes it k times
+        rarer per day than a pair's instead (one false resolution of it re-pages k pairs), and costs
+        a real recovery about 2 ln(k) / KL verdicts, which the scope collects k times as fast.
+        Measured in docs/alert-to-action.md (scenario 2)."""
+        return self.policy.resolve_threshold + RESOLVE_BOOST * math.log(max(self.members, 1))
 
     def still_rate(self) -> float:
         """The alternative of the downward test that resolves an alert: the rate observed since onset
@@ -340,7 +359,7 @@ class PairMonitor:
             verdicts=n,
             errors=e,
             statistic=(d.last_change.statistic if d.last_change else d.h) if status == "firing" else st.recovery,
-            threshold=d.h if status == "firing" else self.policy.resolve_threshold,
+            threshold=d.h if status == "firing" else self.resolve_threshold(),
             summary=summary,
             historical=historical,
             scope=self.scope,

@@ -115,3 +115,20 @@ def test_a_learning_pair_is_held_to_its_labels_baseline() -> None:
     new = [e for e in events if e.vendor_id == "V9"]
     assert new and new[0].baseline_source == "learning:policy_label"
     assert new[0].baseline_rate > 0.09  # the label's 10%, not the configured 3%
+
+
+def test_one_member_explains_a_rise_only_when_the_others_stayed() -> None:
+    from services.domain.detect import PairState, explains
+
+    def scope(rates: dict[str, float]) -> PairState:
+        return PairState({}, member_counts={m: (600.0, 600.0 * r, 0) for m, r in rates.items()})
+
+    one = scope({"V0": 0.20, "V1": 0.03, "V2": 0.03, "V3": 0.03, "V4": 0.03})
+    assert explains(one, "V0", 0.03) and not explains(one, "V1", 0.03)
+    spread = scope({v: 0.06 for v in VENDORS})
+    assert not any(explains(spread, v, 0.03) for v in VENDORS)
+    # A shift of every member with one member's noise on top is still the scope's: log-likelihoods
+    # 600 x 0.09 errors alone (and the rest at 3%, against their 6%) lose to all five at the pooled rate.
+    noisy = scope({"V0": 0.09, "V1": 0.06, "V2": 0.05, "V3": 0.06, "V4": 0.055})
+    assert not explains(noisy, "V0", 0.03)
+    assert not explains(scope({"V0": 0.02, "V1": 0.03}), "V0", 0.03)  # no rise, nothing to explain
