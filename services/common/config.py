@@ -140,11 +140,18 @@ class ScorerSettings(CommonSettings):
     )
     monitored_labels: int = Field(40, ge=0, description="policy labels in the fleet (each a label-wide monitor)")
     monitored_vendors: int = Field(8, ge=0, description="vendors in the fleet (each a vendor-wide monitor)")
+    monitored_reviewers: int = Field(50, ge=0, description="QA reviewers in the fleet (each an agreement monitor)")
+    baseline_reviewer_disagreement_rate: float = Field(
+        0.10, gt=0, lt=1, description="SLA share of a reviewer's ratings that disagree with the reference"
+    )
+    audit_replaces_qa: bool = Field(
+        False, description="an AUDIT verdict replaces the decision's QA verdict in the error rates"
+    )
     min_arl0: float = Field(5_000, gt=10)
     resolve_threshold: float = Field(6.0, gt=0, description="downward-CUSUM threshold that resolves an alert")
 
     def monitor_policy(self) -> MonitorPolicy:
-        from services.contracts.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_UNDER, RULES
+        from services.contracts.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_REVIEWER, RULE_UNDER, RULES
         from services.domain.monitor import MonitorPolicy
 
         return MonitorPolicy(
@@ -153,6 +160,7 @@ class ScorerSettings(CommonSettings):
                 (RULE_ERROR_RATE, self.baseline_error_rate),
                 (RULE_OVER, self.baseline_over_enforcement_rate),
                 (RULE_UNDER, self.baseline_under_enforcement_rate),
+                (RULE_REVIEWER, self.baseline_reviewer_disagreement_rate),
             ),
             baseline_verdicts=self.baseline_verdicts,
             min_verdicts_to_detect=self.baseline_min_verdicts,
@@ -160,7 +168,8 @@ class ScorerSettings(CommonSettings):
             arl0=self.arl0,
             false_alerts_per_day=self.false_alerts_per_day,
             # Every scope's monitors share the budget: pairs, labels across vendors, vendors across labels.
-            monitors_in_fleet=(self.monitored_pairs + self.monitored_labels + self.monitored_vendors) * len(RULES),
+            monitors_in_fleet=(self.monitored_pairs + self.monitored_labels + self.monitored_vendors) * len(RULES)
+            + self.monitored_reviewers,
             min_arl0=self.min_arl0,
             resolve_threshold=self.resolve_threshold,
         )
@@ -239,6 +248,9 @@ class NotifierSettings(CommonSettings):
     pagerduty_routing_key_vendor: str | None = Field(
         None, description="routing key for vendor-wide alerts (the vendor's manager); unset: the default key"
     )
+    pagerduty_routing_key_reviewer: str | None = Field(
+        None, description="routing key for reviewer alerts (the QA lead); unset: the default key"
+    )
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
     slack_webhook_url: str | None = Field(None, description="Slack incoming-webhook URL; unset: off")
     notifier_evidence_wait_s: float = Field(
@@ -249,6 +261,9 @@ class NotifierSettings(CommonSettings):
     )
     slack_webhook_url_vendor: str | None = Field(
         None, description="Slack webhook for vendor-wide alerts; unset: the default webhook"
+    )
+    slack_webhook_url_reviewer: str | None = Field(
+        None, description="Slack webhook for reviewer alerts (the QA lead's channel); unset: the default webhook"
     )
     webhook_url: str | None = Field(None, description="generic signed webhook; unset: off")
     webhook_secret: str | None = Field(None, description="HMAC-SHA256 key for the webhook's signature header")

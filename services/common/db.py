@@ -97,6 +97,7 @@ alerts = Table(
     Column("baseline_source", String(40), nullable=False, server_default=""),
     Column("attribution", Text, nullable=True),  # JSON, stored at resolve (computed live while firing)
     Column("impact", Text, nullable=True),  # JSON, likewise
+    Column("reviewer_id", String(LABEL_MAX), nullable=True),  # a reviewer's alert (scope reviewer)
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_alerts_status_started", "status", "started_at"),
     Index("ix_alerts_pair", "policy_label", "vendor_id", "started_at"),
@@ -112,7 +113,7 @@ slice_buckets = Table(
     Column("policy_label", String(LABEL_MAX), nullable=False),
     Column("vendor_id", String(LABEL_MAX), nullable=False),
     Column("dimension", String(32), nullable=False),
-    Column("value", String(LABEL_MAX), nullable=False),
+    Column("value", String(700), nullable=False),  # (an automation slice's value joins five labels)
     Column("bucket_start", DateTime(timezone=True), nullable=False),
     *count_columns(),
     Column("updated_at", DateTime(timezone=True), nullable=False),
@@ -160,6 +161,46 @@ decision_samples = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_decision_samples_scope", "policy_label", "vendor_id", "decided_at"),
     Index("ix_decision_samples_vendor", "vendor_id", "decided_at"),
+)
+
+review_items = Table(
+    "review_items",
+    metadata,
+    # A decision rated by two or more reviewers, audited, or golden: its current ratings, as JSON
+    # [[verdict_id, reviewer_id, tier, category, t_ms], ...] (codes.QA_TIERS, codes.ERROR_TYPES).
+    Column("decision_id", String(128), primary_key=True),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
+    Column("market", String(LABEL_MAX), nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("reviewed_at", DateTime(timezone=True), nullable=False),
+    Column("golden_answer", String(32), nullable=True),
+    Column("raters", Integer, nullable=False),
+    Column("ratings", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_review_items_reviewed", "reviewed_at"),
+    Index("ix_review_items_pair", "policy_label", "vendor_id", "reviewed_at"),
+)
+
+appeal_facts = Table(
+    "appeal_facts",
+    metadata,
+    # One row per appeal (complaint), for the DSA figures; the time to decide is resolved_at -
+    # filed_at where the appeal gives both.
+    Column("appeal_id", String(128), primary_key=True),
+    Column("decision_id", String(128), nullable=False),
+    Column("policy_label", String(LABEL_MAX), nullable=False),
+    Column("vendor_id", String(LABEL_MAX), nullable=False),
+    Column("market", String(LABEL_MAX), nullable=False),
+    Column("category", String(LABEL_MAX), nullable=False),
+    Column("channel", String(LABEL_MAX), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),  # filed_at, else the event time
+    Column("filed_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_appeal_facts_received", "received_at"),
 )
 
 alert_history = Table(

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import rate_buckets, slice_buckets
+from services.common.db import SLICE_DIMENSIONS, rate_buckets, slice_buckets
 from services.contracts.alerts import RULE_OVER, RULE_UNDER, AlertEvent
-from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
+from services.contracts.pairs import SCOPE_LABEL, SCOPE_REVIEWER, SCOPE_VENDOR
 from services.domain import attribution, impact
 from services.domain import onset as onset_mod
 
@@ -140,6 +140,8 @@ async def gather(
     """Attribution and impact of one alert (its scope, rule, onset, alarm and end), counted from the
     change point of its scope's minute counts (``domain.onset``), searched from a day before the
     detector's onset to the alarm."""
+    if scope == SCOPE_REVIEWER:  # a reviewer's alert is about the measuring stick, not decisions
+        return Evidence([], {}, "", onset)
     column = RULE_COLUMN.get(rule, "errors")
     series = await _series(engine, scope, policy_label, vendor_id, column, _minute(onset) - ONSET_SEARCH, end)
     best, early, late = _change(series, onset, alarm or end or onset + ONSET_SEARCH, baseline)
@@ -173,6 +175,7 @@ async def gather(
             select(s.dimension, s.value, since_s, func.sum(s.verdicts), func.sum(s[column]))
             .where(
                 *_scoped(slice_buckets, scope, policy_label, vendor_id),
+                s.dimension.in_(SLICE_DIMENSIONS),  # (not the reviewer and automation slices)
                 s.bucket_start >= onset - BASELINE_WINDOW,
                 *([s.bucket_start <= end] if end is not None else []),
             )

@@ -111,6 +111,7 @@ async def record_alert_change(engine: AsyncEngine, event: AlertEvent) -> None:
         "scope": event.scope,
         "parent_alert_id": event.parent_alert_id,
         "baseline_source": event.baseline_source,
+        "reviewer_id": event.reviewer_id,
         "updated_at": datetime.now(tz=UTC),
     }
     stmt = insert_for(engine, alerts).values(row)

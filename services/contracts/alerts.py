@@ -22,6 +22,11 @@ RULE_ERROR_TYPES: dict[str, str] = {
 }
 """Each rule and the error type it watches (``ANY``: every error)."""
 RULES = tuple(RULE_ERROR_TYPES)
+"""The rules of a pair and of a wider scope."""
+RULE_REVIEWER = "reviewer_disagreement"
+"""A reviewer's rule: the share of their ratings that disagree with the reference (an audit by another
+reviewer, or a golden item's answer); its alerts go to the QA lead, not to vendor on-call."""
+REVIEWER_RULES = (RULE_REVIEWER,)
 
 
 class AlertEvent(msgspec.Struct, kw_only=True):
@@ -56,6 +61,8 @@ class AlertEvent(msgspec.Struct, kw_only=True):
     """The firing wider-scope alert this one is linked to (and not paged on its own), or None."""
     baseline_source: str = ""
     """operator, learned, sla, or learning:<prior> (the prior a learning pair is held to)."""
+    reviewer_id: str | None = None
+    """The (pseudonymous) reviewer of a ``reviewer`` scope alert (policy_label and vendor_id ``*``)."""
 
 
 def iso(t_ms: int) -> str:
@@ -63,16 +70,17 @@ def iso(t_ms: int) -> str:
     return datetime.fromtimestamp(t_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def dedup_key(rule: str, policy_label: str, vendor_id: str) -> str:
+def dedup_key(rule: str, policy_label: str, vendor_id: str, *more: str) -> str:
     """``rule|policy_label|vendor_id``, each part with ``%`` and ``|`` percent-encoded, so a label that
-    holds a ``|`` cannot make two pairs share a key (labels without them read as written).
+    holds a ``|`` cannot make two pairs share a key (labels without them read as written). A
+    reviewer's alert adds the reviewer: ``reviewer_disagreement|*|*|qa-07``.
 
     >>> dedup_key("error_rate", "SCAMS_AND_FRAUD", "V01")
     'error_rate|SCAMS_AND_FRAUD|V01'
     >>> dedup_key("error_rate", "a|b", "c"), dedup_key("error_rate", "a", "b|c")
     ('error_rate|a%7Cb|c', 'error_rate|a|b%7Cc')
     """
-    return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in (rule, policy_label, vendor_id))
+    return "|".join(part.replace("%", "%25").replace("|", "%7C") for part in (rule, policy_label, vendor_id, *more))
 
 
 _encoder = msgspec.json.Encoder()

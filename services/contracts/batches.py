@@ -8,10 +8,11 @@ appeals meet in one scorer partition.
 from __future__ import annotations
 
 import zlib
+from datetime import datetime
 
 import msgspec
 
-from services.contracts.codes import ACTOR_INDEX, ERROR_INDEX, OUTCOME_INDEX, VERDICT_INDEX
+from services.contracts.codes import ACTOR_INDEX, ERROR_INDEX, OUTCOME_INDEX, QA, TIER_INDEX, VERDICT_INDEX
 from services.contracts.events import Appeal, Decision, Verdict
 
 
@@ -31,6 +32,12 @@ class WireDecision(msgspec.Struct, array_like=True, tag=0, frozen=True, gc=False
     entity_type: str = ""
     entity_id: str = ""
     action: str = ""
+    # Added for the QA of QA and the DSA figures (batches written before decode with the defaults).
+    model_id: str = ""
+    category: str = ""
+    automated_decision: str = ""
+    automated_detection: int = -1  # -1 not given, 0 no, 1 yes
+    golden_answer: int = -1  # an error-type code: the decision is a golden item; -1: it is not
 
 
 class WireVerdict(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
@@ -42,6 +49,8 @@ class WireVerdict(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False)
     error_type: int
     supersedes: str
     weight: float
+    reviewer_id: str = ""
+    tier: int = 0  # codes.QA_TIERS
 
 
 class WireAppeal(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
@@ -50,6 +59,9 @@ class WireAppeal(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
     t_ms: int
     appeal_id: str
     outcome: int
+    filed_ms: int = 0  # 0: not given
+    resolved_ms: int = 0
+    channel: str = ""
 
 
 WireEvent = WireDecision | WireVerdict | WireAppeal
@@ -84,6 +96,11 @@ def encode_event(event: Decision | Verdict | Appeal, t_ms: int | None = None) ->
             event.entity_type,
             event.entity_id,
             event.action,
+            event.model_id or "",
+            event.category or "",
+            event.automated_decision or "",
+            -1 if event.automated_detection is None else int(event.automated_detection),
+            -1 if event.golden_answer is None else ERROR_INDEX[event.golden_answer],
         )
     if isinstance(event, Verdict):
         weight = 1.0 / event.inclusion_probability if event.inclusion_probability else 1.0
@@ -96,8 +113,23 @@ def encode_event(event: Decision | Verdict | Appeal, t_ms: int | None = None) ->
             ERROR_INDEX[event.error_type],
             event.supersedes_verdict_id or "",
             weight,
+            event.reviewer_id,
+            TIER_INDEX[event.qa_tier] if event.qa_tier is not None else QA,
         )
-    return WireAppeal(event.event_id, event.decision_id, t_ms, event.appeal_id, OUTCOME_INDEX[event.outcome])
+    return WireAppeal(
+        event.event_id,
+        event.decision_id,
+        t_ms,
+        event.appeal_id,
+        OUTCOME_INDEX[event.outcome],
+        _ms(event.filed_at),
+        _ms(event.resolved_at),
+        event.channel or "",
+    )
+
+
+def _ms(t: datetime | None) -> int:
+    return 0 if t is None else int(t.timestamp() * 1000)
 
 
 def encode_batch(events: list[WireEvent]) -> bytes:

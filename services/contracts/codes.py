@@ -30,7 +30,17 @@ OVERTURNING_OUTCOMES: Final = frozenset({OVERTURNED, PARTIALLY_OVERTURNED})
 
 ACTOR_TYPES: Final = ("HUMAN", "MODEL", "HUMAN_ON_MODEL_SUGGESTION")
 
+QA_TIERS: Final = ("QA", "CALIBRATION", "AUDIT", "GOLDEN")
+"""A verdict's ``qa_tier``: QA (the primary verdict, also when absent), CALIBRATION (another blind
+review of the same decision), AUDIT (a senior review, the reference for the QA reviewer), GOLDEN (the
+decision is a golden item with a known answer; the verdict is the reviewer's answer)."""
+QA: Final = 0
+CALIBRATION: Final = 1
+AUDIT: Final = 2
+GOLDEN: Final = 3
+
 VERDICT_INDEX: Final = {v: i for i, v in enumerate(VERDICT_CODES)}
 ERROR_INDEX: Final = {v: i for i, v in enumerate(ERROR_TYPES)}
 OUTCOME_INDEX: Final = {v: i for i, v in enumerate(APPEAL_OUTCOMES)}
 ACTOR_INDEX: Final = {v: i for i, v in enumerate(ACTOR_TYPES)}
+TIER_INDEX: Final = {v: i for i, v in enumerate(QA_TIERS)}

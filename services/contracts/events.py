@@ -81,6 +81,8 @@ class Decision(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     model_id: OptionalLabel | None = None
     model_version: OptionalLabel | None = None
     automated_decision: AutomatedDecision | None = None
+    automated_detection: bool | None = None
+    golden_answer: ErrorType | None = None
 
 
 class Verdict(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):

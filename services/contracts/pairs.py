@@ -24,7 +24,11 @@ from services.contracts.events import WILDCARD
 SCOPE_PAIR = "pair"
 SCOPE_LABEL = "policy_label"
 SCOPE_VENDOR = "vendor"
+SCOPE_REVIEWER = "reviewer"
 WIDER_SCOPES = (SCOPE_LABEL, SCOPE_VENDOR)
+REVIEWER_LABEL = ""
+"""The policy label of a reviewer's key, ``("", reviewer_id)`` (a policy label is never empty): the
+reviewer's ratings scored against their reference, one item per rating (hit: it disagrees)."""
 
 _msgpack = msgspec.msgpack.Encoder()
 _pair_key_decoder = msgspec.msgpack.Decoder(tuple[str, str])
@@ -40,7 +44,10 @@ def decode_pair_key(raw: bytes) -> tuple[str, str]:
 
 
 def scope_of(policy_label: str, vendor_id: str) -> str:
-    """``pair``, ``policy_label`` (every vendor of a label: vendor ``*``) or ``vendor`` (label ``*``)."""
+    """``pair``, ``policy_label`` (every vendor of a label: vendor ``*``), ``vendor`` (label ``*``) or
+    ``reviewer`` (label empty: the key's second part is the reviewer)."""
+    if policy_label == REVIEWER_LABEL:
+        return SCOPE_REVIEWER
     if vendor_id == WILDCARD:
         return SCOPE_LABEL
     if policy_label == WILDCARD:
@@ -143,12 +150,28 @@ class PairVerdict(Protocol):
     def error_type(self) -> int: ...
 
 
-def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[PairVerdict]]], head_ms: int = 0) -> dict[bytes, bytes]:
-    """Judged verdicts grouped by pair (key ``pair_key``, value an encoded ``OutcomeBatch``) and by
-    each pair's two wider scopes (value an encoded ``ScopeOutcomes``).
+class ScoredItem(Protocol):
+    """A reviewer's rating scored against its reference (``domain.join.ScoredRating`` is one)."""
 
-    ``chunks`` are (source partition, source offset, outcomes of the record there), in the order
-    they were applied (each partition's in offset order).
+    @property
+    def reviewer_id(self) -> str: ...
+    @property
+    def t_ms(self) -> int: ...
+    @property
+    def disagrees(self) -> bool: ...
+
+
+def group_outcomes(
+    chunks: Iterable[tuple[int, int, Iterable[PairVerdict]]],
+    head_ms: int = 0,
+    scored: Iterable[tuple[int, int, Iterable[ScoredItem]]] = (),
+) -> dict[bytes, bytes]:
+    """Judged verdicts grouped by pair (key ``pair_key``, value an encoded ``OutcomeBatch``) and by
+    each pair's two wider scopes (value an encoded ``ScopeOutcomes``); and scored ratings grouped
+    by reviewer (key ``("", reviewer_id)``, an ``OutcomeBatch`` whose items' hit is a disagreement).
+
+    ``chunks`` (and ``scored``) are (source partition, source offset, what the record there gave),
+    in the order they were applied (each partition's in offset order).
     """
     grouped: dict[tuple[str, str], list[tuple[int, int, int, bool, int]]] = {}
     wider: dict[tuple[str, str], list[tuple[int, int, int, bool, int, str]]] = {}
@@ -162,6 +185,9 @@ def group_outcomes(chunks: Iterable[tuple[int, int, Iterable[PairVerdict]]], hea
             wider.setdefault((WILDCARD, vendor), []).append(
                 (partition, offset, o.t_ms, o.is_error, o.error_type, label)
             )
+    for partition, offset, ratings in scored:
+        for r in ratings:
+            grouped.setdefault((REVIEWER_LABEL, r.reviewer_id), []).append((partition, offset, r.t_ms, r.disagrees, 0))
     out = {pair_key(*pair): _msgpack.encode(OutcomeBatch(items, head_ms)) for pair, items in grouped.items()}
     out.update({pair_key(*key): _msgpack.encode(ScopeOutcomes(items, head_ms)) for key, items in wider.items()})
     return out

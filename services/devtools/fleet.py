@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from services.contracts.alerts import AlertEvent
-from services.contracts.pairs import PairVerdict, group_outcomes
+from services.contracts.pairs import PairVerdict, ScoredItem, group_outcomes
 from services.domain.detect import detect_many
 from services.domain.monitor import MonitorPolicy
 
@@ -19,11 +19,15 @@ class Fleet:
         self.offset = 0
         self.alerts: list[AlertEvent] = []
 
-    def feed(self, verdicts: Iterable[PairVerdict], head_ms: int = 0) -> list[AlertEvent]:
-        """One events record's verdicts: their pairs' and wider scopes' monitors, then what the
-        wider scopes tell their members. Returns the alert changes, in order."""
+    def feed(
+        self, verdicts: Iterable[PairVerdict], head_ms: int = 0, scored: Iterable[ScoredItem] = ()
+    ) -> list[AlertEvent]:
+        """One events record's verdicts (and reviewers' scored ratings): their pairs', wider scopes'
+        and reviewers' monitors, then what the wider scopes tell their members. Returns the alert
+        changes, in order."""
         self.offset += 1
-        queue: deque[tuple[bytes, bytes]] = deque(group_outcomes([(0, self.offset, verdicts)], head_ms).items())
+        grouped = group_outcomes([(0, self.offset, verdicts)], head_ms, [(0, self.offset, scored)])
+        queue: deque[tuple[bytes, bytes]] = deque(grouped.items())
         changes: list[AlertEvent] = []
         while queue:  # one detection batch, then the scope updates it sent, as the next
             batch = [(0, key, payload) for key, payload in queue]

@@ -26,6 +26,7 @@ from typing import Final
 
 import msgspec
 
+from services.contracts.facts import Fact
 from services.domain.join import Deltas
 from services.domain.rates import BucketKey, Counts
 
@@ -34,6 +35,18 @@ BOOK_KEY_PREFIX: Final = b"\x00modq:book:"
 
 _rows_encoder = msgspec.msgpack.Encoder()
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[tuple[str, str, str, int], Counts]])
+Facts = dict[tuple[str, str], Fact]
+"""Facts by key (``Fact.key``): a later one of a key replaces an earlier one."""
+
+
+class BookRecord(msgspec.Struct):
+    """A book record with facts (a msgpack map); one without them is the plain list of rows."""
+
+    rows: list[tuple[tuple[str, str, str, int], Counts]]
+    facts: list[Fact]
+
+
+_record_decoder = msgspec.msgpack.Decoder(BookRecord)
 
 
 def book_key(through: int) -> bytes:
@@ -47,13 +60,24 @@ def book_offset(key: bytes) -> int | None:
     return int.from_bytes(key[len(BOOK_KEY_PREFIX) :], "big")
 
 
-def encode_rows(rows: Mapping[BucketKey, Counts]) -> bytes:
-    """A book record's value: the rows as msgpack pairs of (key, counts)."""
-    return _rows_encoder.encode(list(rows.items()))
+def encode_rows(rows: Mapping[BucketKey, Counts], facts: Facts | None = None) -> bytes:
+    """A book record's value: the rows as msgpack pairs of (key, counts), with the round's facts
+    (a ``BookRecord``) when it has any."""
+    if not facts:
+        return _rows_encoder.encode(list(rows.items()))
+    return _rows_encoder.encode(BookRecord(list(rows.items()), list(facts.values())))
 
 
 def decode_rows(raw: bytes) -> dict[BucketKey, Counts]:
-    return dict(_rows_decoder.decode(raw))
+    return decode_record(raw)[0]
+
+
+def decode_record(raw: bytes) -> tuple[dict[BucketKey, Counts], Facts]:
+    """A book record's rows and facts (records written before facts existed are a plain list)."""
+    if raw and (0x80 <= raw[0] <= 0x8F or raw[0] in (0xDE, 0xDF)):  # a msgpack map: a BookRecord
+        record = _record_decoder.decode(raw)
+        return dict(record.rows), {f.key: f for f in record.facts}
+    return dict(_rows_decoder.decode(raw)), {}
 
 
 def round_rows(deltas: Deltas) -> dict[BucketKey, Counts]:
@@ -64,16 +88,21 @@ def round_rows(deltas: Deltas) -> dict[BucketKey, Counts]:
 class PartitionBook:
     """One partition's changes not yet in the database, and the book records that hold them."""
 
-    __slots__ = ("applied_to", "counted_to", "live", "rows", "through")
+    __slots__ = ("applied_to", "counted_to", "facts", "live", "rows", "through")
 
     def __init__(self, applied_to: int = 0) -> None:
         self.rows: dict[BucketKey, Counts] = {}
+        self.facts: Facts = {}
         self.applied_to = applied_to  # the database has the changes of records below this offset
         self.through = applied_to  # rows hold the changes of records below this offset (and above applied_to)
         self.counted_to = applied_to  # records below this offset are counted, in ``rows`` or in the database
         self.live: list[int] = []  # offsets of book records on the changelog not yet tombstoned
 
-    def add(self, rows: Mapping[BucketKey, Counts], through: int, starts: dict[int, int]) -> None:
+    def add(
+        self, rows: Mapping[BucketKey, Counts], through: int, starts: dict[int, int], facts: Facts | None = None
+    ) -> None:
+        if facts:
+            self.facts.update(facts)
         own = self.rows
         for key, delta in rows.items():
             row = own.get(key)
@@ -87,13 +116,14 @@ class PartitionBook:
         self.counted_to = max(self.counted_to, through)
 
     @classmethod
-    def recover(cls, records: Mapping[int, Mapping[BucketKey, Counts]], applied_to: int) -> PartitionBook:
+    def recover(cls, records: Mapping[int, tuple[Mapping[BucketKey, Counts], Facts]], applied_to: int) -> PartitionBook:
         """The book of a partition read back from its changelog: ``records`` are its live book
-        records by offset, ``applied_to`` the database's offset for it."""
+        records (rows and facts) by offset, ``applied_to`` the database's offset for it."""
         book, starts = cls(applied_to), dict[int, int]()
         for through in sorted(records):
             if through > applied_to:
-                book.add(records[through], through, starts)
+                rows, facts = records[through]
+                book.add(rows, through, starts, facts)
         book.live = sorted(records)  # those the database has already are tombstoned on ``install``
         return book
 
@@ -108,9 +138,10 @@ class BookWrite:
     """
 
     parts: dict[int, tuple[dict[BucketKey, Counts], int]] = field(default_factory=dict)
+    facts: dict[int, Facts] = field(default_factory=dict)  # per partition, upserted with its rows
 
     def row_count(self) -> int:
-        return sum(len(rows) for rows, _ in self.parts.values())
+        return sum(len(rows) for rows, _ in self.parts.values()) + sum(len(f) for f in self.facts.values())
 
 
 class RateBook:
@@ -133,17 +164,17 @@ class RateBook:
         book = self.parts.get(partition)
         return book.counted_to if book is not None else 0
 
-    def apply(self, partition: int, deltas: Deltas, through: int) -> dict[BucketKey, Counts]:
+    def apply(self, partition: int, deltas: Deltas, through: int) -> bytes | None:
         """Add a round's changes of a partition (its records go up to ``through``); returns the
-        rows, for the round's book record."""
+        round's book record (None: nothing to count)."""
         rows = round_rows(deltas)
         book = self.part(partition)
-        if rows:
-            book.add(rows, through, self._starts)
+        if rows or deltas.facts:
+            book.add(rows, through, self._starts, deltas.facts)
             book.live.append(through)
-        else:
-            book.counted_to = max(book.counted_to, through)
-        return rows
+            return encode_rows(rows, deltas.facts)
+        book.counted_to = max(book.counted_to, through)
+        return None
 
     def install(self, partition: int, book: PartitionBook) -> None:
         """A partition's book after a recovery; whatever this worker held for it is superseded,
@@ -164,6 +195,7 @@ class RateBook:
         for write in (self._failed, self._in_flight):
             if write is not None:
                 write.parts.pop(partition, None)
+                write.facts.pop(partition, None)
 
     def take(self) -> BookWrite | None:
         """The next write: a failed one again as it was, else every partition's pending rows
@@ -173,9 +205,12 @@ class RateBook:
         if write is None or not write.parts:
             write = BookWrite()
             for p, book in self.parts.items():
-                if book.rows:
+                if book.rows or book.facts:
                     write.parts[p] = (book.rows, book.through)
                     book.rows = {}
+                if book.facts:
+                    write.facts[p] = book.facts
+                    book.facts = {}
             if not write.parts:
                 return None
             if len(self._starts) > 100_000:
@@ -211,5 +246,5 @@ class RateBook:
 
     def pending_rows(self) -> int:
         """Changed rows not yet in the database."""
-        held = sum(len(b.rows) for b in self.parts.values())
+        held = sum(len(b.rows) + len(b.facts) for b in self.parts.values())
         return held + sum(w.row_count() for w in (self._in_flight, self._failed) if w is not None)

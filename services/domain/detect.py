@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from services.contracts.alerts import RULE_ERROR_RATE, RULES, AlertEvent
+from services.contracts.alerts import REVIEWER_RULES, RULE_ERROR_RATE, RULES, AlertEvent
 from services.contracts.pairs import (
     SCOPE_LABEL,
     SCOPE_PAIR,
+    SCOPE_REVIEWER,
     WIDER_SCOPES,
     Rebaseline,
     ScopeOutcomes,
@@ -62,8 +63,10 @@ def _count_member(stored: PairState, member: str, is_error: bool) -> None:
 
 
 ALONE_LLR = 3.0
-"""How much more likely (log-likelihood) *one member moved* must be than *the scope moved* for the
-member alone to explain a wider scope's rise (``explains``): e^3 = 20 to 1."""
+"""How much more likely (log-likelihood) *one member moved* must be than *the scope moved* before a
+firing wider alert stops taking pair alerts under it (``_scope_notices``): e^3 = 20 to 1. Pairs link
+under a firing wider alert by default, so undoing that asks for strong evidence; a wider alert links
+under another kind's (``_parents``) when the member is merely the better explanation (margin 0)."""
 
 
 def _loglik(errors: float, n: float, p: float) -> float:
@@ -72,7 +75,7 @@ def _loglik(errors: float, n: float, p: float) -> float:
     return errors * math.log(p) + (n - errors) * math.log(1 - p)
 
 
-def explains(stored: PairState, member: str, baseline: float) -> bool:
+def explains(stored: PairState, member: str, baseline: float, margin: float = 0.0) -> bool:
     """Whether ``member`` alone explains the scope's recent rise better than a rise of every member.
 
     Two one-parameter models of the recent (decayed, half-life ``MEMBER_HALF_LIFE`` verdicts)
@@ -82,7 +85,8 @@ def explains(stored: PairState, member: str, baseline: float) -> bool:
     vendor-wide) rise: is it the pair's term g or the scope's term a (b)? Shares of the recent
     excess decided it before, and at a label-wide alarm a few hours into a shift, when every
     member's excess is mostly noise, one member's chance share was often high enough to keep the
-    pairs of a policy incident from linking under it.
+    pairs of a policy incident from linking under it. ``margin``: how much more likely (log) the
+    one-member model must be.
     """
     counts: dict[str, tuple[float, float]] = {}
     for m, (n, e, at) in stored.member_counts.items():
@@ -95,7 +99,7 @@ def explains(stored: PairState, member: str, baseline: float) -> bool:
     total_n = sum(n for n, _ in counts.values())
     pooled = max(sum(e for _, e in counts.values()) / total_n, baseline)
     spread = sum(_loglik(e, n, pooled) for n, e in counts.values())
-    return one - spread > ALONE_LLR
+    return one - spread > margin
 
 
 _pair_state_decoder = msgspec.msgpack.Decoder(PairState)
@@ -169,9 +173,9 @@ def detect(
             policy,
             state=stored.monitors.get(rule, MonitorState()),
             prior=_prior(stored, rule) if scope == SCOPE_PAIR else None,  # a wider scope's: the configured rate
-            members=len(stored.members) if scope != SCOPE_PAIR else 1,
+            members=len(stored.members) if scope in WIDER_SCOPES else 1,
         )
-        for rule in RULES
+        for rule in (REVIEWER_RULES if scope == SCOPE_REVIEWER else RULES)
     }
     events: list[AlertEvent] = []
     message = decode_pair_message(payload)
@@ -206,11 +210,13 @@ def detect(
                         seen.add(member)
                         new_members.append(member)
         stored.members.extend(new_members)
-        if scope != SCOPE_PAIR and len(stored.members) < 2:
+        if scope in WIDER_SCOPES and len(stored.members) < 2:
             outcomes = []  # a label with one vendor (a vendor with one label) is watched as the pair
         head = message.head_ms
-        base = monitors[RULE_ERROR_RATE].baseline_rate()  # members' counts are of every error
-        parents = {rule: _parents(stored, rule, scope, base) for rule in RULES}
+        parents: dict[str, list[tuple[str, int]]] = {rule: [] for rule in monitors}
+        if scope != SCOPE_REVIEWER:
+            base = monitors[RULE_ERROR_RATE].baseline_rate()  # members' counts are of every error
+            parents = {rule: _parents(stored, rule, scope, base) for rule in RULES}
         for t_ms, is_error, error_type in outcomes:
             old = historical(t_ms, head, horizon_ms)
             for rule, monitor in monitors.items():
@@ -250,11 +256,11 @@ def _scope_notices(
     another's does not become their parent, and neither does one whose recent excess sits in one
     member (``explains``): that is the member's problem, its pair alert pages on its own and the
     wider alert's attribution names the member."""
-    if scope == SCOPE_PAIR:
+    if scope not in WIDER_SCOPES:
         return []
     members = stored.members
     base = monitors[RULE_ERROR_RATE].baseline_rate()
-    concentrated = any(explains(stored, m, base) for m in members)
+    concentrated = any(explains(stored, m, base, ALONE_LLR) for m in members)
     out: list[tuple[bytes, bytes]] = []
     changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
     name = owner[0] if scope == SCOPE_LABEL else owner[1]

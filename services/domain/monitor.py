@@ -19,6 +19,7 @@ from services.contracts.alerts import (
     RULE_ERROR_RATE,
     RULE_ERROR_TYPES,
     RULE_OVER,
+    RULE_REVIEWER,
     RULE_UNDER,
     AlertEvent,
     AlertStatus,
@@ -26,7 +27,8 @@ from services.contracts.alerts import (
     iso,
 )
 from services.contracts.codes import OVER_ENFORCEMENT, UNDER_ENFORCEMENT
-from services.contracts.pairs import SCOPE_LABEL, SCOPE_PAIR, SCOPE_VENDOR, scope_of
+from services.contracts.events import WILDCARD
+from services.contracts.pairs import SCOPE_LABEL, SCOPE_PAIR, SCOPE_REVIEWER, SCOPE_VENDOR, scope_of
 from services.domain.detectors import (
     MIXTURE,
     BernoulliRecovery,
@@ -49,8 +51,9 @@ RESOLVE_BOOST = 2.0
 
 
 def rule_hit(rule: str, is_error: bool, error_type: int) -> bool:
-    """Whether a judged verdict counts as a hit for a rule's Bernoulli stream."""
-    if rule == RULE_ERROR_RATE:
+    """Whether a judged verdict counts as a hit for a rule's Bernoulli stream (for a reviewer's rule,
+    ``is_error`` is a disagreement with the reference)."""
+    if rule in (RULE_ERROR_RATE, RULE_REVIEWER):
         return is_error
     return is_error and error_type == (OVER_ENFORCEMENT if rule == RULE_OVER else UNDER_ENFORCEMENT)
 
@@ -60,7 +63,12 @@ class MonitorPolicy:
     """How monitors pick their baseline and false-alarm rate (from ScorerSettings)."""
 
     baseline_mode: Literal["learned", "sla"] = "learned"
-    sla_rates: tuple[tuple[str, float], ...] = ((RULE_ERROR_RATE, 0.03), (RULE_OVER, 0.015), (RULE_UNDER, 0.01))
+    sla_rates: tuple[tuple[str, float], ...] = (
+        (RULE_ERROR_RATE, 0.03),
+        (RULE_OVER, 0.015),
+        (RULE_UNDER, 0.01),
+        (RULE_REVIEWER, 0.10),
+    )
     baseline_verdicts: int = 10_000
     min_verdicts_to_detect: int = 0
     prior_strength: float = 200.0
@@ -135,6 +143,8 @@ class PairMonitor:
 
     @property
     def dedup_key(self) -> str:
+        if self.scope == SCOPE_REVIEWER:
+            return dedup_key(self.rule, WILDCARD, WILDCARD, self.vendor_id)
         return dedup_key(self.rule, self.policy_label, self.vendor_id)
 
     def alert_id(self) -> str:
@@ -332,23 +342,27 @@ class PairMonitor:
         n, e = st.since_onset_n, st.since_onset_errors
         rate = e / n if n else 0.0
         low, high = wilson_interval(e, n)
-        what = "error rate" if self.rule == RULE_ERROR_RATE else self.rule.replace("_", "-") + " rate"
+        what = {RULE_ERROR_RATE: "error rate", RULE_REVIEWER: "disagreement with the reference"}.get(
+            self.rule, self.rule.replace("_", "-") + " rate"
+        )
+        judged = "scored ratings" if self.scope == SCOPE_REVIEWER else "verdicts"
         moved = "rose" if status == "firing" else "recovered"
         source = self.baseline_source()
         held = f"learning; held to {PRIOR_WORDS[source[9:]]}" if source.startswith("learning:") else source
         summary = (
             f"{self.who()}: {what} {moved}: {rate:.1%} "
-            f"(95% CI {low:.1%}-{high:.1%}) on {n} verdicts since {iso(st.onset_ms)}, "
+            f"(95% CI {low:.1%}-{high:.1%}) on {n} {judged} since {iso(st.onset_ms)}, "
             f"baseline {d.p0:.1%} ({held})" + (f"; {note}" if note else "")
         )
+        reviewer = self.scope == SCOPE_REVIEWER
         return AlertEvent(
             alert_id=self.alert_id(),
             dedup_key=self.dedup_key,
             rule=self.rule,
             status=status,
-            policy_label=self.policy_label,
-            vendor_id=self.vendor_id,
-            error_type=RULE_ERROR_TYPES[self.rule],
+            policy_label=WILDCARD if reviewer else self.policy_label,
+            vendor_id=WILDCARD if reviewer else self.vendor_id,
+            error_type=RULE_ERROR_TYPES.get(self.rule, "DISAGREEMENT"),
             started_at=iso(st.started_ms),
             onset_at=iso(st.onset_ms),
             resolved_at=iso(t_ms) if status == "resolved" else None,
@@ -365,9 +379,12 @@ class PairMonitor:
             scope=self.scope,
             parent_alert_id=st.parent_alert_id or None,
             baseline_source=source,
+            reviewer_id=self.vendor_id if reviewer else None,
         )
 
     def who(self) -> str:
+        if self.scope == SCOPE_REVIEWER:
+            return f"reviewer {self.vendor_id}"
         if self.scope == SCOPE_LABEL:
             return f"{self.policy_label} (every vendor)"
         if self.scope == SCOPE_VENDOR:

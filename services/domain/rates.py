@@ -37,6 +37,9 @@ class Counts(msgspec.Struct, array_like=True, gc=False):
     overturned: int = 0
     weighted_verdicts: float = 0.0
     weighted_errors: float = 0.0
+    # Sums of squared weights, for the weighted rate's design-based variance (``domain.sampling``).
+    weighted_sq_verdicts: float = 0.0
+    weighted_sq_errors: float = 0.0
 
     def add(self, other: Counts) -> None:
         """Add ``other`` into these counts."""
@@ -52,6 +55,8 @@ class Counts(msgspec.Struct, array_like=True, gc=False):
         self.overturned += other.overturned
         self.weighted_verdicts += other.weighted_verdicts
         self.weighted_errors += other.weighted_errors
+        self.weighted_sq_verdicts += other.weighted_sq_verdicts
+        self.weighted_sq_errors += other.weighted_sq_errors
 
     def copy(self) -> Counts:
         return msgspec.structs.replace(self)
@@ -63,12 +68,15 @@ class Counts(msgspec.Struct, array_like=True, gc=False):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Counts:
         """Counts from a mapping of column names (a database row of sums; NULL reads as 0)."""
-        counts = [int(row[name] or 0) for name in COUNT_FIELDS[:-2]]  # (PostgreSQL sums bigints as numeric)
-        return cls(*counts, *(float(row[name] or 0.0) for name in COUNT_FIELDS[-2:]))
+        # (PostgreSQL sums bigints as numeric; a row from before a column existed reads it as 0)
+        values: list[Any] = [(float if name in WEIGHTED else int)(row.get(name) or 0) for name in COUNT_FIELDS]
+        return cls(*values)
 
 
 COUNT_FIELDS: Final = Counts.__struct_fields__
 """The counters, in the order of the database columns and of the encoded struct."""
+WEIGHTED: Final = frozenset(name for name in COUNT_FIELDS if name.startswith("weighted"))
+"""The float counters (sums of weights); the others are integers."""
 
 
 def bucket_start(t_ms: int) -> int:

@@ -77,7 +77,10 @@ def notice_of_action(action: AlertAction) -> Notice:
 
 def links(api_url: str, n: Notice) -> dict[str, str]:
     base = api_url.rstrip("/")
-    out = {"rates": f"{base}/v1/rates?{urlencode({'policy_label': n.policy_label, 'vendor_id': n.vendor_id})}"}
+    if n.alert is not None and n.alert.reviewer_id is not None:
+        out = {"reviewers": f"{base}/v1/reviewers"}
+    else:
+        out = {"rates": f"{base}/v1/rates?{urlencode({'policy_label': n.policy_label, 'vendor_id': n.vendor_id})}"}
     if n.alert_id:
         alert = f"{base}/v1/alerts/{quote(n.alert_id)}"
         out.update(alert=alert, findings=f"{alert}/findings", rereview=f"{alert}/rereview")
@@ -87,7 +90,10 @@ def links(api_url: str, n: Notice) -> dict[str, str]:
 
 
 def who(n: Notice) -> str:
-    """The owner of the problem in words: a pair, a label across its vendors, a vendor across labels."""
+    """The owner of the problem in words: a pair, a label across its vendors, a vendor across labels,
+    or a QA reviewer."""
+    if n.alert is not None and n.alert.reviewer_id is not None:
+        return f"QA reviewer {n.alert.reviewer_id}"
     if n.scope == "policy_label":
         return f"{n.policy_label} across every vendor"
     if n.scope == "vendor":
@@ -100,7 +106,10 @@ def describe(n: Notice) -> str:
     pair = who(n)
     a = n.alert
     if a is not None and n.state == "firing":
-        what = "error rate" if a.error_type == "ANY" else f"{a.error_type.lower().replace('_', '-')} rate"
+        what = {"ANY": "error rate", "DISAGREEMENT": "disagreement with the auditors and golden answers"}.get(
+            a.error_type, f"{a.error_type.lower().replace('_', '-')} rate"
+        )
+        judged = "scored ratings" if a.reviewer_id is not None else "verdicts"
         ratio = f", x{a.observed_rate / a.baseline_rate:.1f}" if a.baseline_rate > 0 else ""
         held = (
             f", held to {a.baseline_source[9:].replace('_', ' ')} prior"
@@ -110,7 +119,7 @@ def describe(n: Notice) -> str:
         return (
             f"{pair}: {what} {a.observed_rate:.1%} (95% CI {a.ci_low:.1%}-{a.ci_high:.1%}) against a baseline of "
             f"{a.baseline_rate:.1%}{held} ({(a.observed_rate - a.baseline_rate) * 100:+.1f} pp{ratio}) "
-            f"on {a.verdicts} verdicts since {a.onset_at}"
+            f"on {a.verdicts} {judged} since {a.onset_at}"
             + (f"; {n.evidence.words}" if n.evidence and n.evidence.words else "")
         )
     if a is not None and n.state == "resolved":
@@ -138,6 +147,8 @@ def alertmanager_alert(n: Notice, api_url: str, starts_at: str, ends_at: str) ->
         "alert_id": n.alert_id or "",
         "severity": "page",
     }
+    if n.alert is not None and n.alert.reviewer_id is not None:
+        labels["reviewer_id"] = n.alert.reviewer_id  # (route scope=reviewer to the QA lead)
     annotations = {"summary": describe(n), **{f"{k}_url": v for k, v in links(api_url, n).items()}}
     if n.alert is not None:
         annotations.update(
@@ -157,7 +168,7 @@ def alertmanager_alert(n: Notice, api_url: str, starts_at: str, ends_at: str) ->
         "annotations": annotations,
         "startsAt": starts_at,
         "endsAt": ends_at,
-        "generatorURL": links(api_url, n).get("alert", links(api_url, n)["rates"]),
+        "generatorURL": next(iter(sorted(links(api_url, n).items(), key=lambda kv: kv[0] != "alert")))[1],
     }
 
 

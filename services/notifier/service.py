@@ -45,7 +45,7 @@ from services.common.migrate import ensure_schema
 from services.common.unreadable import ConsumerHealth
 from services.contracts.actions import decode_action
 from services.contracts.alerts import AlertEvent
-from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
+from services.contracts.pairs import SCOPE_LABEL, SCOPE_REVIEWER, SCOPE_VENDOR
 from services.contracts.remediations import Remediation, decode_remediation
 from services.notifier.messages import Notice, notice_of_action, notice_of_alert
 from services.notifier.receivers import (
@@ -138,11 +138,19 @@ class Notifier:
         if s.alertmanager_url:
             out.append(AlertmanagerReceiver(client, s.alertmanager_url, api, s.alertmanager_resend_s))
         if s.pagerduty_routing_key:
-            keys = {SCOPE_LABEL: s.pagerduty_routing_key_policy_label, SCOPE_VENDOR: s.pagerduty_routing_key_vendor}
+            keys = {
+                SCOPE_LABEL: s.pagerduty_routing_key_policy_label,
+                SCOPE_VENDOR: s.pagerduty_routing_key_vendor,
+                SCOPE_REVIEWER: s.pagerduty_routing_key_reviewer,
+            }
             by_scope = {scope: key for scope, key in keys.items() if key}
             out.append(PagerDutyReceiver(client, s.pagerduty_url, s.pagerduty_routing_key, api, by_scope))
         if s.slack_webhook_url:
-            urls = {SCOPE_LABEL: s.slack_webhook_url_policy_label, SCOPE_VENDOR: s.slack_webhook_url_vendor}
+            urls = {
+                SCOPE_LABEL: s.slack_webhook_url_policy_label,
+                SCOPE_VENDOR: s.slack_webhook_url_vendor,
+                SCOPE_REVIEWER: s.slack_webhook_url_reviewer,
+            }
             out.append(SlackReceiver(client, s.slack_webhook_url, api, {k: v for k, v in urls.items() if v}))
         if s.webhook_url:
             out.append(WebhookReceiver(client, s.webhook_url, s.webhook_secret, api))
@@ -318,7 +326,7 @@ class Notifier:
         # The alert can come before the scorer's last counts are written: wait (a little) until the
         # database counts up to the alarm's minute, so the evidence is complete.
         deadline = asyncio.get_running_loop().time() + self.settings.notifier_evidence_wait_s
-        while asyncio.get_running_loop().time() < deadline:
+        while a.scope != SCOPE_REVIEWER and asyncio.get_running_loop().time() < deadline:
             newest = await counted_to(self.engine, scope=a.scope, policy_label=a.policy_label, vendor_id=a.vendor_id)
             if newest is not None and newest >= alarm.replace(second=0, microsecond=0):
                 break

@@ -33,7 +33,7 @@ from services.common.metrics import metrics_response
 from services.common.unreadable import ConsumerHealth
 from services.contracts.alerts import AlertEvent, iso
 from services.contracts.codes import ERROR_TYPES
-from services.contracts.pairs import SCOPE_PAIR
+from services.contracts.pairs import SCOPE_PAIR, SCOPE_REVIEWER
 from services.domain.book import RateBook
 from services.domain.catchup import CatchUp, CatchUpReport
 from services.domain.detect import Detection
@@ -110,6 +110,8 @@ class Scorer:
     # -- metrics --------------------------------------------------------------------------
 
     def _observe(self, found: Detection) -> None:
+        if found.scope == SCOPE_REVIEWER:
+            return  # a reviewer id is never a metric label
         m = self.metrics
         label, vendor = self.label_budget.value(found.policy_label), self.vendor_budget.value(found.vendor_id)
         if found.scope == SCOPE_PAIR:  # (a wider scope sees the same verdicts again)
@@ -122,14 +124,11 @@ class Scorer:
 
     def _on_change(self, change: AlertEvent) -> None:
         self.metrics.alert_changes.labels(change.status).inc()
+        about = {"dedup_key": change.dedup_key, "summary": change.summary} if change.reviewer_id is None else {}
+        # (a reviewer's alert names the reviewer: logs carry its id only)
         log.warning(
             "alert " + change.status,
-            extra={
-                "alert_id": change.alert_id,
-                "dedup_key": change.dedup_key,
-                "historical": change.historical,
-                "summary": change.summary,
-            },
+            extra={"alert_id": change.alert_id, "scope": change.scope, "historical": change.historical, **about},
         )
 
     def _on_batch(self, records: int, events: int, outcomes: int, newest_ms: int) -> None:

@@ -10,13 +10,13 @@ from aiokafka import TopicPartition
 
 from services.common.config import ScorerSettings
 from services.common.kafka import make_consumer
-from services.domain.book import PartitionBook, RateBook, book_offset, decode_rows
+from services.domain.book import Facts, PartitionBook, RateBook, book_offset, decode_record
 from services.domain.rates import BucketKey, Counts
 from services.scorer.expiry import SWEPT_KEY, Expiry
 from services.scorer.stores import PartitionStores
 
-BookRecords = dict[int, dict[BucketKey, Counts]]
-"""A partition's live book records: the offset each one counts to -> its rows."""
+BookRecords = dict[int, tuple[dict[BucketKey, Counts], Facts]]
+"""A partition's live book records: the offset each one counts to -> its rows and facts."""
 
 
 async def read_changelog(
@@ -79,7 +79,7 @@ async def read_changelog(
                             if m.value is None:
                                 book.pop(through, None)
                             else:
-                                book[through] = decode_rows(m.value)
+                                book[through] = decode_record(m.value)
                     else:
                         changes[key] = m.value
                 stores[p].write(changes)

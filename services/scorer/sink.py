@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
+import msgspec
+import orjson
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db import (
     SLICE_DIMENSIONS,
+    appeal_facts,
     bucket_owners,
     decision_samples,
     insert_for,
     rate_buckets,
+    review_items,
     slice_buckets,
 )
+from services.contracts.codes import APPEAL_OUTCOMES, ERROR_TYPES
+from services.contracts.facts import Fact, ReviewItem
 from services.domain.book import BookWrite
 from services.domain.join import DecisionAttrs, split_slice
 from services.domain.rates import COUNT_FIELDS, BucketKey, Counts
@@ -75,6 +81,63 @@ def split_rows(rows: dict[BucketKey, Counts]) -> tuple[dict[BucketKey, Counts], 
         else:
             slices[(label, vendor, dim[0], dim[1], start)] = counts
     return rates, slices
+
+
+def fact_rows(facts: Iterable[Fact], now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of ``review_items`` and of ``appeal_facts`` for a write's facts."""
+    reviews, appeals = [], []
+    for f in facts:
+        if isinstance(f, ReviewItem):
+            reviews.append(
+                {
+                    "decision_id": f.decision_id,
+                    "policy_label": f.policy_label,
+                    "vendor_id": f.vendor_id,
+                    "market": f.market,
+                    "decided_at": _ts(f.decided_ms),
+                    "reviewed_at": _ts(max((r.t_ms for r in f.ratings), default=f.decided_ms)),
+                    "golden_answer": ERROR_TYPES[f.golden_answer] if f.golden_answer >= 0 else None,
+                    "raters": len({r.reviewer_id for r in f.ratings}),
+                    "ratings": orjson.dumps([list(msgspec.structs.astuple(r)) for r in f.ratings]).decode(),
+                    "updated_at": now,
+                }
+            )
+        else:
+            appeals.append(
+                {
+                    "appeal_id": f.appeal_id,
+                    "decision_id": f.decision_id,
+                    "policy_label": f.policy_label,
+                    "vendor_id": f.vendor_id,
+                    "market": f.market,
+                    "category": f.category,
+                    "channel": f.channel,
+                    "outcome": APPEAL_OUTCOMES[f.outcome],
+                    "received_at": _ts(f.filed_ms or f.t_ms),
+                    "filed_at": _ts(f.filed_ms) if f.filed_ms else None,
+                    "resolved_at": _ts(f.resolved_ms) if f.resolved_ms else None,
+                    "decided_at": _ts(f.decided_ms),
+                    "updated_at": now,
+                }
+            )
+    return reviews, appeals
+
+
+async def upsert_facts(conn: AsyncConnection, engine: AsyncEngine, facts: Iterable[Fact], now: datetime) -> None:
+    """Upsert a write's facts (in its transaction): a later fact of a key replaces the row."""
+    reviews, appeals = fact_rows(facts, now)
+    for table, key, rows in ((review_items, "decision_id", reviews), (appeal_facts, "appeal_id", appeals)):
+        if not rows:
+            continue
+        stmt = insert_for(engine, table)
+        stmt = stmt.on_conflict_do_update(index_elements=[key], set_={c: stmt.excluded[c] for c in rows[0] if c != key})
+        for i in range(0, len(rows), UPSERT_CHUNK_ROWS):
+            await conn.execute(stmt, rows[i : i + UPSERT_CHUNK_ROWS])
+
+
+def written_facts(write: BookWrite, applied: Iterable[int]) -> list[Fact]:
+    """The facts of the partitions a write adds (those in already, or moved, are not written)."""
+    return [f for p in sorted(applied) for f in write.facts.get(p, {}).values()]
 
 
 PG_LOCK_OWNERS = (
@@ -230,6 +293,7 @@ class DbSink:
                     for (label, vendor, market, start_ms), counts in chunk
                 ]
                 await conn.execute(add, values)
+            await upsert_facts(conn, self.engine, written_facts(write, result.applied), now)
             for p, up_to in through.items():
                 await conn.execute(
                     update(bucket_owners).where(bucket_owners.c.partition == p).values(applied_to=up_to, updated_at=now)
@@ -281,9 +345,29 @@ class DbSink:
                         ],
                     )
                     await pg.execute(PG_MERGE)
+                facts = written_facts(write, result.applied)
+                if facts:
+                    await _pg_upsert_facts(pg, facts, now)
                 if through:
                     await pg.execute(PG_SET_APPLIED, list(through), list(through.values()), now)
         return result
+
+
+def _pg_upsert(table: str, key: str, columns: Sequence[str]) -> str:
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(columns)))
+    updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != key)
+    return (
+        f"INSERT INTO {table} ({_quoted(columns)}) VALUES ({placeholders}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+async def _pg_upsert_facts(pg: Any, facts: list[Fact], now: datetime) -> None:
+    """``upsert_facts`` on asyncpg, in the write's transaction."""
+    reviews, appeals = fact_rows(facts, now)
+    for table, key, rows in (("review_items", "decision_id", reviews), ("appeal_facts", "appeal_id", appeals)):
+        if rows:
+            columns = list(rows[0])
+            await pg.executemany(_pg_upsert(table, key, columns), [tuple(r[c] for c in columns) for r in rows])
 
 
 async def _write_samples(engine: AsyncEngine, samples: dict[str, tuple[DecisionAttrs, bool]], judged: set[str]) -> None:

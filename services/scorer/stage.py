@@ -45,9 +45,9 @@ from services.common.kafka import BrokerWatch, RebalanceListener, make_consumer,
 from services.common.unreadable import ConsumerHealth, GuardedConsumer
 from services.contracts.pairs import group_outcomes
 from services.contracts.remediations import Remediation
-from services.domain.book import RateBook, encode_rows
+from services.domain.book import RateBook
 from services.domain.catchup import Lane
-from services.domain.join import DecisionAttrs, Deltas, JudgedVerdict, score_batch
+from services.domain.join import DecisionAttrs, Deltas, JudgedVerdict, ScoredRating, score_batch
 from services.scorer.checkpoint import Checkpoint
 from services.scorer.expiry import Expiry
 from services.scorer.heads import HeadWatch
@@ -336,6 +336,7 @@ class DecisionStage:
         """Apply records in the given order (under the lock); a task then makes the round durable,
         while the next round is applied."""
         chunks: list[tuple[int, int, list[JudgedVerdict]]] = []
+        scored: list[tuple[int, int, list[ScoredRating]]] = []
         written: dict[int, dict[bytes, bytes | None]] = {}
         offsets: dict[TopicPartition, int] = {}
         round_deltas: dict[int, Deltas] = {}  # a partition's bucket changes summed over the round
@@ -347,13 +348,15 @@ class DecisionStage:
             # A record replayed below the partition's counted offset changes state only: its bucket
             # changes are in the database or in the book already.
             counted = offset < self.book.counted_to(p)
-            deltas = Deltas(rate) if counted else round_deltas.setdefault(p, Deltas(rate))
-            fed_before, found_before = len(deltas.outcomes), len(deltas.findings)
+            audit = self.settings.audit_replaces_qa
+            deltas = Deltas(rate, audit) if counted else round_deltas.setdefault(p, Deltas(rate, audit))
+            fed_before, found_before, scored_before = len(deltas.outcomes), len(deltas.findings), len(deltas.scored)
             sampled_before, judged_before = len(deltas.samples), len(deltas.judged)
             writes, _ = score_batch(batch, states.get, into=deltas)
             states.write(writes)
             written.setdefault(p, {}).update(writes)
             chunks.append((p, offset, deltas.outcomes[fed_before:]))
+            scored.append((p, offset, deltas.scored[scored_before:]))
             for did, attrs, judged in deltas.samples[sampled_before:]:
                 self.samples[did] = (attrs, judged or self.samples.get(did, (attrs, False))[1])
             self.judged.update(deltas.judged[judged_before:])
@@ -369,14 +372,14 @@ class DecisionStage:
         books: dict[int, bytes] = {}
         for p, deltas in round_deltas.items():
             through = offsets[TopicPartition(self.topic, p)]
-            if rows := self.book.apply(p, deltas, through):
-                books[p] = encode_rows(rows)
+            if (record := self.book.apply(p, deltas, through)) is not None:
+                books[p] = record
         for p in self.owned:
             changes = written.setdefault(p, {})
             self.expiry.sweep(p, self.states.open(p), changes)
             changes.update(dict.fromkeys(self.book.take_tombstones(p)))
         written = {p: writes for p, writes in written.items() if writes}
-        outcomes = group_outcomes(chunks, head_ms=self.head_ms())
+        outcomes = group_outcomes(chunks, head_ms=self.head_ms(), scored=scored)
         if self.on_batch is not None and ready:
             self.on_batch(len(ready), events, sum(len(fed) for *_, fed in chunks), newest_ms)
         previous = self._rounds[-1][0] if self._rounds else None

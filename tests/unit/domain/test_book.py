@@ -13,12 +13,15 @@ import random
 from dataclasses import dataclass, field
 
 from services.contracts.batches import WireAppeal, WireDecision, WireEvent, WireVerdict
+from services.contracts.facts import AppealFact
 from services.domain.book import (
     BookWrite,
+    Facts,
     PartitionBook,
     RateBook,
     book_key,
     book_offset,
+    decode_record,
     decode_rows,
     encode_rows,
 )
@@ -36,6 +39,9 @@ def row(verdicts: int, weighted: float = 0.0) -> Counts:
 def test_book_rows_round_trip_through_a_record() -> None:
     rows = {("ip.trademark/counterfeit", "V|1", "DE", T0): row(3, 1.25), ("a", "b", "c", T0 + MINUTE): row(1)}
     assert decode_rows(encode_rows(rows)) == rows
+    fact = AppealFact("p1", "d1", "a", "b", "DE", "", "ARTICLE_20", 1, T0, 0, 0, T0)
+    assert decode_record(encode_rows(rows, {fact.key: fact})) == (rows, {fact.key: fact})
+    assert decode_record(encode_rows(rows)) == (rows, {})  # a record without facts: the plain list
     assert book_offset(book_key(12_345)) == 12_345 and book_offset(b"decision-1") is None
 
 
@@ -48,7 +54,8 @@ def deltas_of(rows: dict[BucketKey, Counts]) -> Deltas:
 def test_a_write_covers_the_rows_up_to_its_offset_and_its_records_are_tombstoned_once_written() -> None:
     book = RateBook()
     key = ("L", "V", "DE", T0)
-    assert book.apply(0, deltas_of({key: row(2)}), through=10) == {key: row(2)}
+    record = book.apply(0, deltas_of({key: row(2)}), through=10)
+    assert record is not None and decode_rows(record) == {key: row(2)}
     book.apply(0, deltas_of({key: row(1)}), through=20)
     book.apply(1, Deltas(), through=5)  # nothing to count: no book record, but counted up to 5
     assert book.counted_to(0) == 20 and book.counted_to(1) == 5
@@ -78,7 +85,7 @@ def test_a_failed_write_goes_again_as_it_was_and_later_changes_wait_for_the_next
 
 def test_a_recovered_book_holds_the_records_the_database_lacks() -> None:
     a, b = ("L", "V", "DE", T0), ("L", "V", "FR", T0)
-    records = {10: {a: row(1)}, 20: {a: row(2), b: row(1)}, 30: {b: row(5)}}
+    records = {10: ({a: row(1)}, {}), 20: ({a: row(2), b: row(1)}, {}), 30: ({b: row(5)}, {})}
     book = PartitionBook.recover(records, applied_to=20)
     assert book.rows == {b: row(5)} and book.through == 30 and book.counted_to == 30
     rate = RateBook()
@@ -96,7 +103,7 @@ def test_installing_a_recovered_book_takes_its_partition_out_of_a_failed_write()
     write = rate.take()
     assert write is not None
     rate.failed(write)
-    rate.install(0, PartitionBook.recover({10: {key: row(1)}}, applied_to=0))  # partition 0 re-read
+    rate.install(0, PartitionBook.recover({10: ({key: row(1)}, {})}, applied_to=0))  # partition 0 re-read
     again = rate.take()
     assert again is not None and set(again.parts) == {1}
     assert rate.part(0).rows == {key: row(1)}  # counted once: by the recovered book, not the old write
@@ -124,8 +131,11 @@ def make_records(seed: int, n: int) -> list[list[WireEvent]]:
                 events.append(WireVerdict(f"v{i}b", did, t + 2000, f"r{i}b", 1, 2, f"r{i}", 2.0))
         else:
             events.append(decision)
+            if rng.random() < 0.2:  # a calibration by another reviewer, or an audit: a review item
+                tier = rng.choice((1, 2))
+                events.append(WireVerdict(f"c{i}", did, t + 1500, f"c{i}", 0, 0, "", 1.0, "qa-2", tier))
         if rng.random() < 0.1:
-            events.append(WireAppeal(f"a{i}", did, t + 3000, f"p{i}", 1))
+            events.append(WireAppeal(f"a{i}", did, t + 3000, f"p{i}", 1, t + 2500, t + 3000, "ARTICLE_20"))
         if rng.random() < 0.05:
             events.append(decision)  # redelivered
     sizes = [rng.randint(1, 9) for _ in range(len(events))]
@@ -148,6 +158,7 @@ class Durable:
 
     changelog: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     db_rows: dict[BucketKey, Counts] = field(default_factory=dict)
+    db_facts: Facts = field(default_factory=dict)
     applied_to: int = 0
     committed: int = 0
 
@@ -163,13 +174,13 @@ class Worker:
         self.d, self.rng, self.crash_rate = durable, rng, crash_rate
         self.state: dict[bytes, bytes] = {}
         self.book = RateBook()
-        records: dict[int, dict[BucketKey, Counts]] = {}
+        records: dict[int, tuple[dict[BucketKey, Counts], Facts]] = {}
         for key, value in durable.changelog:
             if (through := book_offset(key)) is not None:
                 if value is None:
                     records.pop(through, None)
                 else:
-                    records[through] = decode_rows(value)
+                    records[through] = decode_record(value)
             elif value is None:
                 self.state.pop(key, None)
             else:
@@ -189,12 +200,12 @@ class Worker:
             changed, _ = score_batch(records[offset - start], lambda k: writes.get(k, self.state.get(k)), into=into)
             writes.update(changed)
         through = start + len(records)
-        rows = self.book.apply(0, deltas, through)
+        record = self.book.apply(0, deltas, through)
         self.state.update(writes)
         self.position = through
         self.maybe_crash()
-        if rows:  # the book record first, then the state records, a few at a time, then the commit
-            self.d.changelog.append((book_key(through), encode_rows(rows)))
+        if record is not None:  # the book record first, then the state records, a few at a time, then the commit
+            self.d.changelog.append((book_key(through), record))
         self.maybe_crash()
         items = list(writes.items()) + [(k, None) for k in self.book.take_tombstones(0)]
         for i in range(0, len(items), 3):
@@ -220,10 +231,11 @@ class Worker:
 
 def apply(d: Durable, write: BookWrite) -> None:
     """The database's side of a write: a partition's rows only if ``applied_to`` is below its offset."""
-    for rows, through in write.parts.values():
+    for p, (rows, through) in write.parts.items():
         if d.applied_to < through:
             for key, counts in rows.items():
                 d.db_rows.setdefault(key, Counts()).add(counts)
+            d.db_facts.update(write.facts.get(p, {}))
             d.applied_to = through
 
 
@@ -253,6 +265,7 @@ def test_crashes_anywhere_leave_the_database_with_exactly_the_counts_of_a_clean_
         clean, _ = run_to_the_end(records, seed, crash_rate=0.0)
         crashed, crashes = run_to_the_end(records, seed + 1000, crash_rate=0.08)
         assert totals(crashed.db_rows) == totals(clean.db_rows), f"seed {seed}, {crashes} crashes"
+        assert crashed.db_facts == clean.db_facts and clean.db_facts, f"seed {seed}: facts"
         crashed_runs += crashes > 0
     assert crashed_runs >= 55  # the crashes happened
 
@@ -266,7 +279,7 @@ def test_without_the_counted_offset_a_replay_would_count_twice() -> None:
     clean, _ = run_to_the_end(records, 3, crash_rate=0.0)
     original = book_module.PartitionBook.recover
 
-    def forgetful(records: dict[int, dict[BucketKey, Counts]], applied_to: int) -> PartitionBook:
+    def forgetful(records: dict[int, tuple[dict[BucketKey, Counts], Facts]], applied_to: int) -> PartitionBook:
         book = original(records, applied_to)
         book.counted_to = 0  # replayed records count again
         return book

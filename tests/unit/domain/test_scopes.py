@@ -132,3 +132,23 @@ def test_one_member_explains_a_rise_only_when_the_others_stayed() -> None:
     noisy = scope({"V0": 0.09, "V1": 0.06, "V2": 0.05, "V3": 0.06, "V4": 0.055})
     assert not explains(noisy, "V0", 0.03)
     assert not explains(scope({"V0": 0.02, "V1": 0.03}), "V0", 0.03)  # no rise, nothing to explain
+
+
+def test_a_reviewer_who_drifts_from_the_auditors_raises_a_reviewer_alert() -> None:
+    from services.domain.join import ScoredRating
+
+    fleet, rng = Fleet(MonitorPolicy(baseline_mode="sla", arl0=10_000)), random.Random(9)
+    t, events = 0, []
+    for i in range(1_600):
+        t += 60_000
+        drifting = i >= 800
+        ratings = [
+            ScoredRating("qa-07", t, rng.random() < (0.40 if drifting else 0.08)),
+            ScoredRating("qa-02", t, rng.random() < 0.08),
+        ]
+        events += fleet.feed([], scored=ratings)
+    fired = firing(events, rule="reviewer_disagreement")
+    assert [(e.scope, e.reviewer_id, e.policy_label, e.vendor_id) for e in fired] == [("reviewer", "qa-07", "*", "*")]
+    assert fired[0].dedup_key == "reviewer_disagreement|*|*|qa-07"
+    assert fired[0].started_at >= "1970-01-01T13:20"  # after the drift began (800 minutes in)
+    assert "reviewer qa-07: disagreement with the reference rose" in fired[0].summary

@@ -28,9 +28,9 @@ def test_applying_waits_while_too_many_bucket_rows_are_unwritten() -> None:
         store.update(writes)
         book.apply(0, deltas, through)
 
-    apply(events[:9], 1)
+    apply(events[:8], 1)  # 8 rows of 8 minutes, and their hour's automation slice
     assert not stage.waiting_for_database()
-    apply(events[9:], 2)  # 12 rows of 12 minutes: over the limit
+    apply(events[8:], 2)  # 12 rows of 12 minutes and the slice: over the limit
     assert stage.waiting_for_database() and stage.db_wait_since is not None
     write = book.take()
     assert write is not None
