@@ -235,7 +235,7 @@ def _api(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from services.common.config import CommonSettings
     from services.common.log import configure_logging
-    from services.simulate import Drift, SimConfig, run_simulator
+    from services.simulate import Drift, ReviewerDrift, SimConfig, run_simulator
 
     settings = CommonSettings()
     configure_logging(settings.log_level, "simulate")
@@ -249,6 +249,7 @@ def _simulate(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         seed=args.seed,
         drifts=tuple(Drift.parse_all(args.drift)) if args.drift else (),
+        reviewer_drift=ReviewerDrift.parse(args.reviewer_drift) if args.reviewer_drift else None,
     )
     with contextlib.suppress(KeyboardInterrupt):
         sent = asyncio.run(run_simulator(settings, cfg))
@@ -264,6 +265,42 @@ def _migrate(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, "migrate")
     _check_schema(settings.database_url, auto_migrate=True)
     print("database schema is at head")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from services.common.config import ApiSettings
+    from services.common.db import make_engine
+    from services.common.reports import SECTIONS, to_csv, transparency
+
+    def moment(text: str) -> datetime:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+    settings = ApiSettings()
+    _check_schema(settings.database_url, auto_migrate=False)
+    start, end = moment(args.from_), moment(args.to)
+    if not start < end:
+        print("--from must be before --to", file=sys.stderr)
+        return 2
+
+    async def build() -> dict[str, object]:
+        engine = make_engine(settings.database_url)
+        try:
+            return await transparency(engine, start, end, settings.report_min_verdicts)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(build())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for section in SECTIONS:
+        path = out / f"transparency-{section}-{start.date()}-{end.date()}.csv"
+        path.write_bytes(to_csv(section, report[section]).encode())  # type: ignore[arg-type]
+        print(f"wrote {path} ({len(report[section])} rows)")  # type: ignore[arg-type]
     return 0
 
 
@@ -286,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift",
         default="vendor=V02,label=SCAMS_AND_FRAUD,market=DE,to=0.2,at=60;label=ip.trademark/counterfeit,to=0.08,at=90",
         help="drifts to inject (see modq simulate --help); the default: a market-local one and a label-wide one",
+    )
+    dev.add_argument(
+        "--reviewer-drift",
+        default="reviewer=qa-07,misses=0.8,at=60",
+        help="a QA reviewer who drifts (see modq simulate --help): raises a reviewer alert",
     )
     dev.add_argument("--exit-after-alert", action="store_true", help="stop once the drift alert shows in the API")
     dev.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
@@ -314,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = ksub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id")
 
+    report = sub.add_parser("report", help="reports from the database")
+    rsub = report.add_subparsers(dest="report_command", required=True)
+    dsa = rsub.add_parser("transparency", help="the EU DSA transparency figures of a period, as CSV files")
+    dsa.add_argument("--from", dest="from_", required=True, help="start of the period (event time), e.g. 2026-01-01")
+    dsa.add_argument("--to", required=True, help="end of the period (event time), exclusive, e.g. 2026-07-01")
+    dsa.add_argument("--out", required=True, help="directory for the CSV files (one per section)")
+    dsa.set_defaults(func=_report)
+
     sim = sub.add_parser("simulate", help="publish realistic traffic to the upstream topics")
     sim.add_argument("--rate", type=float, default=400.0, help="decisions per second")
     sim.add_argument("--vendors", type=int, default=4)
@@ -328,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help='one pair: "vendor=V02,label=SCAMS_AND_FRAUD,to=0.09,at=120"; leave out vendor for a label-wide'
         " drift, label for a vendor-wide one; market=DE makes it market-local; several separated by ';'",
+    )
+    sim.add_argument(
+        "--reviewer-drift",
+        default=None,
+        help='a QA reviewer who drifts from the truth: "reviewer=qa-07,misses=0.8,invents=0.05,at=60" (the'
+        " share of real errors they miss and of correct decisions they call wrong, from second 60)",
     )
     sim.set_defaults(func=_simulate)
     return parser

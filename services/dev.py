@@ -103,13 +103,16 @@ def run_dev(args: argparse.Namespace) -> int:
             for role in ("operator", "publisher")
         )
         wait_for_port("127.0.0.1", args.api_port, 60)
-        procs.append(_spawn("simulate", ["simulate", "--rate", str(args.rate), "--drift", args.drift], env))
+        sim = ["simulate", "--rate", str(args.rate), "--drift", args.drift, "--reviewer-drift", args.reviewer_drift]
+        procs.append(_spawn("simulate", sim, env))
         print(f"modq is running (logs in {DEV_DIR / 'logs'}):")
         print(f"  API       {api}/docs   rates {api}/v1/rates?window=1h   alerts {api}/v1/alerts")
         scorer_web = f"http://127.0.0.1:{env.get('MODQ_SCORER_WEB_PORT', '6066')}"
         print(f"  metrics   {api}/metrics  http://127.0.0.1:{args.ingest_port}/metrics  {scorer_web}/metrics")
         print(f"  ingest    POST http://127.0.0.1:{args.ingest_port}/v1/events/{{decisions,verdicts,appeals}}")
         print(f"  kafka     {env['MODQ_KAFKA_BOOTSTRAP_SERVERS']}   drift injected: {args.drift}")
+        print(f"  QA of QA  {api}/v1/agreement  {api}/v1/reviewers  {api}/v1/sampling-plan?budget=2000")
+        print(f"            reviewer drift injected: {args.reviewer_drift}")
         print(f"  operator key (ack, silence, resolve): Authorization: Bearer {key}")
         print(f"  publisher key (ingest HTTP):           Authorization: Bearer {publisher}")
         print("  notifier  no receivers set; MODQ_ALERTMANAGER_URL, MODQ_SLACK_WEBHOOK_URL, ... turn them on")

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from services.api.deps import Publisher
 from services.api.middleware import EncodedSlashes, Observe
 from services.api.quality import QualityGauges
-from services.api.routes import alerts, findings, history, ops, pairs, rates, silences
+from services.api.routes import alerts, findings, history, ops, pairs, rates, reports, reviews, silences
 from services.api.routes.rates import RatesCache
 from services.api.schemas import ERRORS
 from services.common.config import ApiSettings
@@ -58,6 +58,6 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     )
     app.add_middleware(Observe, requests=requests, latency=latency)
     app.add_middleware(EncodedSlashes)
-    for module in (rates, findings, alerts, history, pairs, silences, ops):
+    for module in (rates, findings, alerts, history, pairs, silences, reviews, reports, ops):
         app.include_router(module.router)
     return app

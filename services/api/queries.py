@@ -7,12 +7,15 @@ import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from fastapi import HTTPException
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import alert_history, alerts, rate_buckets, silences
+from services.common.db import alert_history, alerts, rate_buckets, review_items, silences, slice_buckets
+from services.contracts.codes import ERROR_INDEX
 from services.domain.rates import COUNT_FIELDS, Counts
+from services.domain.reviewers import RatingRow, ReviewedItem
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -61,6 +64,49 @@ async def bucket_sums(
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
     return [({c.name: row[c.name] for c in group}, Counts.from_row(row)) for row in rows]
+
+
+async def review_items_in(
+    engine: AsyncEngine, start: datetime, end: datetime, **equal: str | None
+) -> list[ReviewedItem]:
+    """The reviewed decisions last rated in [start, end), with ``equal`` filters on label and vendor."""
+    r = review_items.c
+    stmt = select(r.decision_id, r.policy_label, r.vendor_id, r.golden_answer, r.ratings).where(
+        r.reviewed_at >= start, r.reviewed_at < end
+    )
+    for col, value in equal.items():
+        if value is not None:
+            stmt = stmt.where(r[col] == value)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt.order_by(r.decision_id))).all()
+    return [
+        ReviewedItem(
+            row.decision_id,
+            row.policy_label,
+            row.vendor_id,
+            ERROR_INDEX[row.golden_answer] if row.golden_answer else -1,
+            tuple(RatingRow(*x) for x in orjson.loads(row.ratings)),
+        )
+        for row in rows
+    ]
+
+
+async def reviewer_counts(
+    engine: AsyncEngine, start: datetime, end: datetime, **equal: str | None
+) -> dict[str, tuple[int, int]]:
+    """Each reviewer's (ratings, error calls) in [start, end) from the hourly reviewer slices."""
+    s = slice_buckets.c
+    stmt = (
+        select(s.value, func.sum(s.verdicts), func.sum(s.errors))
+        .where(s.dimension == "reviewer_id", s.bucket_start >= start, s.bucket_start < end)
+        .group_by(s.value)
+    )
+    for col, value in equal.items():
+        if value is not None:
+            stmt = stmt.where(s[col] == value)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return {str(v): (int(n or 0), int(e or 0)) for v, n, e in rows}
 
 
 def window_start(end: datetime, window_ms: int) -> datetime:

@@ -29,7 +29,16 @@ class RateItem(BaseModel):
     decisions: int
     appeals: int
     overturned: int
-    weighted_error_rate: float | None
+    weighted_error_rate: float | None = Field(
+        description="Hajek estimate: each verdict weighted by 1 / inclusion_probability (1 when absent)"
+    )
+    weighted_ci_low: float | None = Field(
+        None, description="95% design-based interval of the weighted rate (Wilson on the effective verdicts)"
+    )
+    weighted_ci_high: float | None = None
+    effective_verdicts: float | None = Field(
+        None, description="p (1 - p) / linearised variance of the weighted rate, at most the verdicts"
+    )
 
 
 class RateList(BaseModel):
@@ -79,9 +88,12 @@ class AlertItem(BaseModel):
     errors: int
     summary: str
     historical: bool = Field(False, description="raised while catching up on old history: recorded, not paged")
-    scope: Literal["pair", "policy_label", "vendor"] = Field(
-        "pair", description='pair; policy_label (vendor_id "*": the label across vendors); vendor (policy_label "*")'
+    scope: Literal["pair", "policy_label", "vendor", "reviewer"] = Field(
+        "pair",
+        description='pair; policy_label (vendor_id "*": the label across vendors); vendor (policy_label "*");'
+        " reviewer (a QA reviewer's agreement with the reference: reviewer_id)",
     )
+    reviewer_id: str | None = Field(None, description="the pseudonymous reviewer of a reviewer-scope alert")
     parent_alert_id: str | None = Field(
         None, description="the firing wider-scope alert this one was raised under (linked, not paged on its own)"
     )
@@ -221,6 +233,7 @@ EXPORT_COLUMNS = (
     "scope",
     "parent_alert_id",
     "baseline_source",
+    "reviewer_id",
 )
 
 
@@ -271,3 +284,85 @@ class RereviewItem(BaseModel):
 class RereviewList(BaseModel):
     items: list[RereviewItem]
     next_cursor: str | None = None
+
+
+QaWindow = Literal["24h", "7d", "30d", "90d"]
+
+
+class Coefficient(BaseModel):
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class AgreementItem(BaseModel):
+    policy_label: str | None = Field(description="null in the overall row")
+    vendor_id: str | None = Field(description="null in the overall row")
+    window: QaWindow
+    window_start: datetime
+    window_end: datetime
+    items: int = Field(description="decisions with two or more ratings from different reviewers")
+    ratings: int
+    percent_agreement: float | None
+    fleiss_kappa: float | None
+    fleiss_kappa_ci_low: float | None
+    fleiss_kappa_ci_high: float | None
+    gwet_ac1: float | None
+    gwet_ac1_ci_low: float | None
+    gwet_ac1_ci_high: float | None
+    krippendorff_alpha: float | None
+    krippendorff_alpha_ci_low: float | None
+    krippendorff_alpha_ci_high: float | None
+
+
+class AgreementList(BaseModel):
+    items: list[AgreementItem]
+    categories: list[str] = Field(description="the scale the coefficients are over (UNABLE_TO_JUDGE left out)")
+    interval: str = Field(description="how the 95% intervals are computed")
+
+
+class ReviewerItem(BaseModel):
+    reviewer_id: str = Field(description="pseudonymous, as the QA tool writes it")
+    verdicts: int = Field(description="ratings of any tier in the window (UNABLE_TO_JUDGE left out)")
+    error_calls: int = Field(description="of those, how many call an error")
+    audited: int = Field(description="ratings on decisions an auditor (another reviewer) also rated")
+    audit_agreement: float | None
+    audit_agreement_ci_low: float | None
+    audit_agreement_ci_high: float | None
+    audit_kappa: float | None = Field(description="Cohen's kappa of the reviewer against the auditors")
+    golden: int = Field(description="ratings on golden items")
+    golden_accuracy: float | None
+    golden_accuracy_ci_low: float | None
+    golden_accuracy_ci_high: float | None
+    reference_items: int = Field(description="audited and golden ratings: where the tendency is measured")
+    error_call_rate: float | None = Field(description="the reviewer's error calls on the reference items")
+    reference_error_rate: float | None = Field(description="the reference's error calls on the same items")
+    tendency: float | None = Field(description="error_call_rate - reference_error_rate (paired): > 0 calls more")
+    tendency_ci_low: float | None
+    tendency_ci_high: float | None
+    tendency_words: str
+
+
+class ReviewerList(BaseModel):
+    items: list[ReviewerItem]
+    window: QaWindow
+    window_start: datetime
+    window_end: datetime
+
+
+class SamplingCell(BaseModel):
+    policy_label: str
+    vendor_id: str
+    market: str
+    decisions: int = Field(description="decisions in the window (the volume planned for)")
+    verdicts: int = Field(description="verdicts QA gave the cell in the window")
+    error_rate: float = Field(description="the rate planned on: the cell's, shrunk toward its pair's")
+    allocation: int = Field(description="verdicts to spend on the cell (Neyman)")
+    expected_ci_width: float | None = Field(description="the 95% interval width the cell would reach")
+
+
+class SamplingPlan(BaseModel):
+    budget: int
+    window: QaWindow
+    allocated: int
+    cells: list[SamplingCell]

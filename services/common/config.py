@@ -142,7 +142,7 @@ class ScorerSettings(CommonSettings):
     monitored_vendors: int = Field(8, ge=0, description="vendors in the fleet (each a vendor-wide monitor)")
     monitored_reviewers: int = Field(50, ge=0, description="QA reviewers in the fleet (each an agreement monitor)")
     baseline_reviewer_disagreement_rate: float = Field(
-        0.10, gt=0, lt=1, description="SLA share of a reviewer's ratings that disagree with the reference"
+        0.05, gt=0, lt=1, description="SLA share of a reviewer's ratings that disagree with the reference"
     )
     audit_replaces_qa: bool = Field(
         False, description="an AUDIT verdict replaces the decision's QA verdict in the error rates"
@@ -231,6 +231,9 @@ class ApiSettings(CommonSettings):
     api_port: int = 8000
     api_read_requires_key: bool = Field(False, description="reads need a viewer key too (writes always need a key)")
     api_rates_cache_s: float = Field(0.5, ge=0, description="identical /v1/rates requests for now share an answer")
+    report_min_verdicts: int = Field(
+        30, ge=0, description="report cells with fewer verdicts (complaints decided) than this are flagged low_sample"
+    )
 
 
 class NotifierSettings(CommonSettings):

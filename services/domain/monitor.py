@@ -67,7 +67,7 @@ class MonitorPolicy:
         (RULE_ERROR_RATE, 0.03),
         (RULE_OVER, 0.015),
         (RULE_UNDER, 0.01),
-        (RULE_REVIEWER, 0.10),
+        (RULE_REVIEWER, 0.05),
     )
     baseline_verdicts: int = 10_000
     min_verdicts_to_detect: int = 0

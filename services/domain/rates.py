@@ -110,11 +110,19 @@ class RateSummary:
     appeals: int
     overturned: int
     weighted_error_rate: float | None
+    weighted_ci_low: float | None = None
+    weighted_ci_high: float | None = None
+    effective_verdicts: float | None = None
 
     @classmethod
     def from_counts(cls, c: Counts) -> RateSummary:
+        from services.domain.sampling import design_rate
+
         verdicts, errors = int(c.verdicts), int(c.errors)
         low, high = wilson_interval(errors, verdicts)
+        weighted = design_rate(
+            verdicts, c.weighted_verdicts, c.weighted_errors, c.weighted_sq_verdicts, c.weighted_sq_errors
+        )
         return cls(
             verdicts=verdicts,
             errors=errors,
@@ -131,5 +139,8 @@ class RateSummary:
             decisions=int(c.decisions),
             appeals=int(c.appeals),
             overturned=int(c.overturned),
-            weighted_error_rate=c.weighted_errors / c.weighted_verdicts if c.weighted_verdicts else None,
+            weighted_error_rate=weighted.rate,
+            weighted_ci_low=weighted.ci_low,
+            weighted_ci_high=weighted.ci_high,
+            effective_verdicts=round(weighted.effective_verdicts, 1) if weighted.rate is not None else None,
         )

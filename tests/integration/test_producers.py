@@ -9,7 +9,6 @@ paths, Prometheus label values and CSV. The scorer and the notifier read compres
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 from collections.abc import Callable
@@ -21,12 +20,11 @@ import httpx
 import msgspec
 import orjson
 import pytest
-from confluent_kafka import Producer
 
 from services.contracts.alerts import dedup_key
 from services.contracts.batches import WireDecision, WireVerdict, encode_batch, partition_for
 from tests.support import factories
-from tests.support.kafkautil import produce
+from tests.support.kafkautil import librdkafka_produce, produce
 from tests.support.observability import promtool
 from tests.support.pipeline_util import AS_OF, Mismatch, api_ready, make_key
 from tests.support.processes import Service, eventually, free_port
@@ -37,24 +35,6 @@ pytestmark = pytest.mark.integration
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 LABELS = ("counterfeit_goods", "ip.trademark/counterfeit", "Hassrede (DE) §130", "100% real|fake")
 DRIFT = ("ip.trademark/counterfeit", "V|01 %")
-
-
-async def librdkafka_produce(
-    bootstrap: str, codec: str, records: list[tuple[str, bytes | None, bytes]], partitions: list[int] | None = None
-) -> None:
-    """Publish through librdkafka as production clients do: in compressed batches (``partitions``:
-    each record's partition, else librdkafka's partitioner picks by key)."""
-
-    def run() -> None:
-        producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 50})
-        for i, (topic, key, value) in enumerate(records):
-            if partitions is None:
-                producer.produce(topic, value=value, key=key)
-            else:
-                producer.produce(topic, value=value, key=key, partition=partitions[i])
-        assert producer.flush(60) == 0, f"{codec}: records left unsent"
-
-    await asyncio.to_thread(run)
 
 
 class Truth:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from confluent_kafka import Producer
 
 
 async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> None:
@@ -48,3 +49,21 @@ async def consume_all(
     finally:
         await consumer.stop()
     return out
+
+
+async def librdkafka_produce(
+    bootstrap: str, codec: str, records: list[tuple[str, bytes | None, bytes]], partitions: list[int] | None = None
+) -> None:
+    """Publish through librdkafka as production clients do: in compressed batches (``partitions``:
+    each record's partition, else librdkafka's partitioner picks by key)."""
+
+    def run() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "linger.ms": 50})
+        for i, (topic, key, value) in enumerate(records):
+            if partitions is None:
+                producer.produce(topic, value=value, key=key)
+            else:
+                producer.produce(topic, value=value, key=key, partition=partitions[i])
+        assert producer.flush(60) == 0, f"{codec}: records left unsent"
+
+    await asyncio.to_thread(run)

@@ -120,6 +120,9 @@ async def compute_rates(
                     appeals=summary.appeals,
                     overturned=summary.overturned,
                     weighted_error_rate=summary.weighted_error_rate,
+                    weighted_ci_low=summary.weighted_ci_low,
+                    weighted_ci_high=summary.weighted_ci_high,
+                    effective_verdicts=summary.effective_verdicts,
                 )
             )
     return RateList(items=items)

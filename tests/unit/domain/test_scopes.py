@@ -143,8 +143,8 @@ def test_a_reviewer_who_drifts_from_the_auditors_raises_a_reviewer_alert() -> No
         t += 60_000
         drifting = i >= 800
         ratings = [
-            ScoredRating("qa-07", t, rng.random() < (0.40 if drifting else 0.08)),
-            ScoredRating("qa-02", t, rng.random() < 0.08),
+            ScoredRating("qa-07", t, rng.random() < (0.30 if drifting else 0.03)),
+            ScoredRating("qa-02", t, rng.random() < 0.03),
         ]
         events += fleet.feed([], scored=ratings)
     fired = firing(events, rule="reviewer_disagreement")
