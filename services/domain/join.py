@@ -358,9 +358,11 @@ def _count_verdict(row: Counts, v: CurrentVerdict, sign: int) -> None:
         return
     row.verdicts += sign
     row.weighted_verdicts += sign * v.weight
+    row.weighted_sq_verdicts += sign * v.weight * v.weight
     if v.code == INCORRECT:
         row.errors += sign
         row.weighted_errors += sign * v.weight
+        row.weighted_sq_errors += sign * v.weight * v.weight
         error_type = v.error_type
         if error_type == OVER_ENFORCEMENT:
             row.over_enforcement += sign

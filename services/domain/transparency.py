@@ -83,6 +83,12 @@ def _key(row: object, keys: Sequence[str], by: tuple[str, ...]) -> tuple[str | N
     return tuple(getattr(row, k) if k in by else None for k in keys)
 
 
+def _given(row: object, by: tuple[str, ...]) -> bool:
+    """Whether a row has a value for every key of a breakdown (a decision with no language is in the
+    totals, not in a row for "no language")."""
+    return all(getattr(row, k) for k in by)
+
+
 def _rate(k: int, n: int) -> tuple[float | None, float | None, float | None]:
     if n <= 0:
         return None, None, None
@@ -100,7 +106,8 @@ def complaints_rows(
     for by in APPEAL_BREAKDOWNS:
         groups: dict[tuple[str | None, ...], list[Complaint]] = {}
         for c in every:
-            groups.setdefault(_key(c, APPEAL_KEYS, by), []).append(c)
+            if _given(c, by):
+                groups.setdefault(_key(c, APPEAL_KEYS, by), []).append(c)
         if not by and not groups:
             groups[(None,) * len(APPEAL_KEYS)] = []
         for key in sorted(groups, key=lambda k: tuple(v or "" for v in k)):
@@ -215,7 +222,8 @@ def accuracy_rows(
     for by in breakdowns:
         groups: dict[tuple[str | None, ...], _Tally] = {}
         for r in every:
-            groups.setdefault(_key(r, ACCURACY_KEYS, by), _Tally()).add(r)
+            if _given(r, by):
+                groups.setdefault(_key(r, ACCURACY_KEYS, by), _Tally()).add(r)
         if not by and not groups:
             groups[(None,) * len(ACCURACY_KEYS)] = _Tally()
         for key in sorted(groups, key=lambda k: tuple(v or "" for v in k)):

@@ -177,3 +177,13 @@ def test_a_state_without_other_tiers_still_ends_with_its_touch_time() -> None:
 
 def factories_ms(seconds: float) -> int:
     return int(factories.BASE.timestamp() * 1000) + int(seconds * 1000)
+
+
+def test_the_counts_carry_the_squared_weights_of_the_design_based_variance() -> None:
+    events = [wire("decision", factories.decision(f"d{i}")) for i in range(3)]
+    for i, pi in enumerate((0.5, 0.25, 0.1)):
+        events.append(wire("verdict", factories.verdict(f"d{i}", error=i == 1, inclusion_probability=pi)))
+    totals, _, _ = run(events)
+    row = totals[KEY]
+    assert (row.weighted_verdicts, row.weighted_errors) == (2 + 4 + 10, 4)
+    assert (row.weighted_sq_verdicts, row.weighted_sq_errors) == (4 + 16 + 100, 16)
