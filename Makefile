@@ -30,7 +30,10 @@ test: $(STAMP) ## lint, then every test (unit and integration on the real broker
 	$(MAKE) lint
 	$(BIN)/python -m pytest
 
+soak: $(STAMP) ## the slow soak variants the default test run leaves out
+	$(BIN)/python -m pytest -m soak
+
 bench: $(STAMP) ## drift-detector benchmark (see docs/benchmarks.md)
 	$(BIN)/python bench/drift_benchmark.py
 
-.PHONY: help install dev lint test bench
+.PHONY: help install dev lint test soak bench

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from services.devtools.broker import start_broker
-from tests.support.processes import Daemons, Service, free_port
+from tests.support.processes import Daemons, Service, free_port, stop_all
 
 PG_ADMIN_DSN = os.environ.get("MODQ_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -100,8 +100,7 @@ def spawn(tmp_path: Path) -> Iterator[object]:
         return svc
 
     yield _spawn
-    for svc in started:
-        svc.stop()
+    stop_all(started)
 
 
 @pytest.fixture

@@ -32,7 +32,13 @@ DECISIONS = int(EVENTS / (1 + 1 / 3 + 1 / 30))
 
 @pytest.mark.parametrize(
     ("kill", "retention_s", "store"),
-    [(True, None, None), (False, None, None), (True, 900, None), (True, 900, "rocksdb://")],
+    [
+        (True, None, None),
+        (False, None, None),
+        # (the same with the state in memory: a soak variant, `make soak`; RocksDB's covers expiry here)
+        pytest.param(True, 900, None, marks=pytest.mark.soak),
+        (True, 900, "rocksdb://"),
+    ],
     ids=["kill-9", "sigterm", "kill-9-state-expiring", "kill-9-state-expiring-rocksdb"],
 )
 async def test_scorer_stopped_mid_stream_counts_exactly(
@@ -71,7 +77,6 @@ async def test_scorer_stopped_mid_stream_counts_exactly(
     spawn(["scorer"], env, "scorer-2")
     await eventually(lambda: exact(database_url, stream.truth), 180, interval=1.0)
     await assert_one_alert_for_the_drifting_pair(database_url)
-    await assert_each_finding_once(env, database_url, stream)  # every event twice, out of order
     await assert_each_finding_once(env, database_url, stream)
     if retention_s is not None:  # most of the state the second process recovered or built expired
         assert await scorer_metric(port, "modq_scorer_expired_decisions_total") > DECISIONS * 0.5

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -42,8 +43,29 @@ class Service:
             self.proc.kill()
             return self.proc.wait(timeout=10)
 
+    def signal_stop(self) -> None:
+        """SIGTERM without waiting (``stop_all`` waits for several at once)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def stop_all(services: list[Service], timeout: float = 30.0) -> None:
+    """Stop services together: every one is told first, then each is waited for (a kill after the
+    shared timeout), so a test's teardown waits once for the slowest, not for each in turn."""
+    for svc in services:
+        svc.signal_stop()
+    end = time.monotonic() + timeout
+    for svc in services:
+        if svc.proc is None:
+            continue
+        try:
+            svc.proc.wait(timeout=max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            svc.proc.kill()
+            svc.proc.wait(timeout=10)
 
 
 async def eventually(check, timeout: float = 90.0, interval: float = 0.5):  # type: ignore[no-untyped-def]
