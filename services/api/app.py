@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.api.deps import Publisher
@@ -18,6 +19,9 @@ from services.api.quality import QualityGauges
 from services.api.routes import alerts, findings, history, ops, pairs, rates, reports, reviews, silences
 from services.api.routes.rates import RatesCache
 from services.api.schemas import ERRORS
+from services.api.ui import pages
+from services.api.ui.pages import OverviewCache
+from services.api.ui.session import Sessions
 from services.common.config import ApiSettings
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
@@ -60,4 +64,8 @@ def create_api(settings: ApiSettings, registry: CollectorRegistry | None = None)
     app.add_middleware(EncodedSlashes)
     for module in (rates, findings, alerts, history, pairs, silences, reviews, reports, ops):
         app.include_router(module.router)
+    app.state.sessions = Sessions(settings.ui_session_secret)
+    app.state.overview = OverviewCache()
+    app.include_router(pages.router)
+    app.mount("/ui/static", StaticFiles(directory=str(pages.HERE / "static")), name="static")
     return app

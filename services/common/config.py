@@ -66,6 +66,12 @@ class CommonSettings(BaseSettings):
     topic_alert_actions: str = "modq.alert-actions"
     topic_remediations: str = "quality.remediations"
     partitions: int = Field(8, ge=1, description="partitions of modq.events and the scorer's tables")
+    baseline_error_rate: float = Field(
+        0.03,
+        gt=0,
+        lt=1,
+        description="SLA rate, and the prior while learning (the console's baseline for a pair without alerts)",
+    )
     public_api_url: str = "http://127.0.0.1:8000"
     metric_policy_labels: str = Field("", description="comma list of policy labels with their own metric labels")
     metric_vendors: str = Field("", description="comma list of vendors with their own metric labels")
@@ -124,7 +130,6 @@ class ScorerSettings(CommonSettings):
     scorer_store: str = "memory://"
     scorer_data_dir: str = Field("", description="Faust data directory (table stores); default: ./<app id>-data")
     baseline_mode: Literal["learned", "sla"] = "learned"
-    baseline_error_rate: float = Field(0.03, gt=0, lt=1, description="SLA rate, and the prior while learning")
     baseline_over_enforcement_rate: float = Field(0.015, gt=0, lt=1)
     baseline_under_enforcement_rate: float = Field(0.01, gt=0, lt=1)
     baseline_verdicts: int = Field(10_000, ge=100, description="verdicts a learned baseline is frozen after")
@@ -231,6 +236,9 @@ class ApiSettings(CommonSettings):
     api_port: int = 8000
     api_read_requires_key: bool = Field(False, description="reads need a viewer key too (writes always need a key)")
     api_rates_cache_s: float = Field(0.5, ge=0, description="identical /v1/rates requests for now share an answer")
+    ui_session_secret: str | None = Field(
+        None, description="HMAC key of the console's session cookies and CSRF tokens; unset: one per process"
+    )
     report_min_verdicts: int = Field(
         30, ge=0, description="report cells with fewer verdicts (complaints decided) than this are flagged low_sample"
     )

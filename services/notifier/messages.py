@@ -82,6 +82,8 @@ def links(api_url: str, n: Notice) -> dict[str, str]:
     else:
         out = {"rates": f"{base}/v1/rates?{urlencode({'policy_label': n.policy_label, 'vendor_id': n.vendor_id})}"}
     if n.alert_id:
+        # The console's case page first: what a person opens (the JSON views beside it).
+        out = {"page": f"{base}/ui/alerts/{quote(n.alert_id, safe='')}", **out}
         alert = f"{base}/v1/alerts/{quote(n.alert_id)}"
         out.update(alert=alert, findings=f"{alert}/findings", rereview=f"{alert}/rereview")
     if n.alert is not None and n.alert.parent_alert_id:
@@ -168,7 +170,7 @@ def alertmanager_alert(n: Notice, api_url: str, starts_at: str, ends_at: str) ->
         "annotations": annotations,
         "startsAt": starts_at,
         "endsAt": ends_at,
-        "generatorURL": next(iter(sorted(links(api_url, n).items(), key=lambda kv: kv[0] != "alert")))[1],
+        "generatorURL": next(iter(links(api_url, n).values())),  # the case page, when there is an alert
     }
 
 
@@ -208,7 +210,7 @@ def pagerduty_event(n: Notice, routing_key: str, api_url: str) -> dict[str, Any]
         }
         body["links"] = [{"href": href, "text": f"modq {name}"} for name, href in links(api_url, n).items()]
         body["client"] = "modq"
-        body["client_url"] = links(api_url, n)["rates"]
+        body["client_url"] = next(iter(links(api_url, n).values()))
     return body
 
 

@@ -43,6 +43,7 @@ def links(settings: ApiSettings, row: Any) -> dict[str, str]:
     scoped = {k: row[k] for k in ("policy_label", "vendor_id") if row[k] != "*"}
     me = f"{base}/v1/alerts/{quote(str(row['alert_id']), safe='')}"
     out = {
+        "page": f"{base}/ui/alerts/{quote(str(row['alert_id']), safe='')}",
         "self": me,
         "rates": f"{base}/v1/rates?{urlencode(scoped)}",
         "findings": f"{me}/findings",

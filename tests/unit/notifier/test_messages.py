@@ -47,7 +47,8 @@ def test_pagerduty_events_use_the_alert_id_as_a_stable_dedup_key() -> None:
     firing = pagerduty_event(notice_of_alert(alert_event("a-1", "firing")), "RK", API)
     assert firing is not None and firing["event_action"] == "trigger" and firing["dedup_key"] == "a-1"
     assert firing["payload"]["custom_details"]["verdicts"] == 420
-    assert firing["links"][0]["href"].startswith(API + "/v1/")
+    assert firing["links"][0]["href"] == API + "/ui/alerts/a-1"  # the console's case page first
+    assert {link["href"] for link in firing["links"]} >= {API + "/v1/alerts/a-1"}
     ack = new_action(action="acknowledged", alert_id="a-1", policy_label="L", vendor_id="V", actor="pm")
     assert pagerduty_event(notice_of_action(ack), "RK", API) == {
         "routing_key": "RK",
@@ -68,7 +69,7 @@ def test_alertmanager_alerts_end_in_the_future_while_firing_and_now_on_resolve()
     assert firing["labels"] == resolved["labels"]  # the same alert to Alertmanager
     assert firing["labels"]["alertname"] == "ModqQualityDrift" and firing["startsAt"] == "2026-11-24T10:00:00Z"
     assert alertmanager_alert(notice_of_alert(alert_event("a-1", "firing")), API, "s", "e")["generatorURL"] == (
-        f"{API}/v1/alerts/a-1"
+        f"{API}/ui/alerts/a-1"
     )
 
 
