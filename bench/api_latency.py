@@ -5,6 +5,10 @@ Fills a fresh PostgreSQL database with one minute-bucket per (label, vendor, mar
 requests open-loop at `--rate` per second for `--seconds`, recording each latency. The baseline
 is `GET /healthz` (no database) measured the same way in the same run.
 
+The console's overview (``/ui``) is measured the same way: it is computed once per a few seconds per
+(window, market) and shared by every page load (``services.api.ui.pages.OverviewCache``), so its
+latency is a render of a shared computation, with one recomputation every few seconds among them.
+
 Run: python bench/api_latency.py [--hours 2] [--alerts 1000000] [--rate 200] [--seconds 15]
 """
 
@@ -31,7 +35,7 @@ from bench.pg import create_database, drop_database
 from bench.scorer_throughput import LABELS, MARKETS, VENDORS, free_port
 from services.common.db import make_engine
 from services.common.migrate import ensure_schema
-from services.domain.rates import COUNT_FIELDS
+from services.domain.rates import COUNT_FIELDS, Counts
 
 
 async def fill(dsn: str, hours: int, n_alerts: int) -> None:
@@ -47,29 +51,18 @@ async def fill(dsn: str, hours: int, n_alerts: int) -> None:
                     for market in MARKETS:
                         verdicts = rnd.randrange(0, 4)
                         errors = int(rnd.random() < 0.03 * verdicts)
-                        rows.append(
-                            (
-                                label,
-                                vendor,
-                                market,
-                                start,
-                                0,
-                                verdicts,
-                                errors,
-                                errors,
-                                0,
-                                0,
-                                0,
-                                0,
-                                rnd.randrange(20, 80),
-                                0,
-                                0,
-                                float(verdicts),
-                                float(errors),
-                                now,
-                            )
+                        counts = Counts(
+                            verdicts=verdicts,
+                            errors=errors,
+                            over_enforcement=errors,
+                            decisions=rnd.randrange(20, 80),
+                            weighted_verdicts=float(verdicts),
+                            weighted_errors=float(errors),
+                            weighted_sq_verdicts=float(verdicts),
+                            weighted_sq_errors=float(errors),
                         )
-        cols = ["policy_label", "vendor_id", "market", "bucket_start", "partition", *COUNT_FIELDS, "updated_at"]
+                        rows.append((label, vendor, market, start, *counts.values(), now))
+        cols = ["policy_label", "vendor_id", "market", "bucket_start", *COUNT_FIELDS, "updated_at"]
         await conn.copy_records_to_table("rate_buckets", records=rows, columns=cols)
         alerts = []
         for i in range(n_alerts):
@@ -211,6 +204,9 @@ async def main_async(args: argparse.Namespace) -> str:
                 "GET /v1/alerts?limit=100 (first page, 1M rows)": ["/v1/alerts?limit=100"],
                 "GET /v1/alerts?limit=100&cursor= (a later page)": [f"/v1/alerts?limit=100&cursor={deep}"],
                 "GET /v1/alerts?status=firing&vendor_id=V03": ["/v1/alerts?status=firing&vendor_id=V03"],
+                "GET /ui (the console's overview: open alerts, 320-pair grid, 24h)": ["/ui"],
+                "GET /ui?window=1h&market=DE": ["/ui?window=1h&market=DE"],
+                "GET /ui/fragments/overview (its live refresh)": ["/ui/fragments/overview"],
             }
             rows = []
             for title, paths in cases.items():

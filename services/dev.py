@@ -106,6 +106,7 @@ def run_dev(args: argparse.Namespace) -> int:
         sim = ["simulate", "--rate", str(args.rate), "--drift", args.drift, "--reviewer-drift", args.reviewer_drift]
         procs.append(_spawn("simulate", sim, env))
         print(f"modq is running (logs in {DEV_DIR / 'logs'}):")
+        print(f"  console   {api}/ui   (sign in with the operator key below to act on alerts)")
         print(f"  API       {api}/docs   rates {api}/v1/rates?window=1h   alerts {api}/v1/alerts")
         scorer_web = f"http://127.0.0.1:{env.get('MODQ_SCORER_WEB_PORT', '6066')}"
         print(f"  metrics   {api}/metrics  http://127.0.0.1:{args.ingest_port}/metrics  {scorer_web}/metrics")

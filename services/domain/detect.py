@@ -65,8 +65,11 @@ def _count_member(stored: PairState, member: str, is_error: bool) -> None:
 ALONE_LLR = 3.0
 """How much more likely (log-likelihood) *one member moved* must be than *the scope moved* before a
 firing wider alert stops taking pair alerts under it (``_scope_notices``): e^3 = 20 to 1. Pairs link
-under a firing wider alert by default, so undoing that asks for strong evidence; a wider alert links
-under another kind's (``_parents``) when the member is merely the better explanation (margin 0)."""
+under a firing wider alert by default, so undoing that asks for strong evidence."""
+PARENT_LLR = 2.0
+"""The same margin for a wider alert to link under one of the other kind (``_parents``): e^2 = 7 to 1.
+With none (the better model by a hair) a label-wide alert of a shift spread over its vendors linked
+under whichever vendor's alert fired first about one time in ten (docs/alert-to-action.md)."""
 
 
 def _loglik(errors: float, n: float, p: float) -> float:
@@ -147,7 +150,7 @@ def _parents(stored: PairState, rule: str, scope: str, baseline: float) -> list[
         for key in sorted(stored.parents):
             if key.startswith(f"{kind}|{rule}|") and (alert_id := stored.parents[key]):
                 owner = key.split("|", 2)[2]
-                if scope == SCOPE_PAIR or explains(stored, owner, baseline):
+                if scope == SCOPE_PAIR or explains(stored, owner, baseline, PARENT_LLR):
                     out.append((alert_id, stored.parents_started.get(key, 0)))
     return out
 
