@@ -19,11 +19,11 @@ import httpx
 import orjson
 import pytest
 
-from services.domain.rates import wilson_interval
 from tests.support import factories
 from tests.support.kafkautil import librdkafka_produce, produce
 from tests.support.pipeline_util import api_ready
 from tests.support.processes import Service, eventually, free_port
+from tests.support.reference import design_ratio
 from tests.support.scorerutil import scorer_metric
 
 pytestmark = pytest.mark.integration
@@ -136,17 +136,6 @@ def coefficients(items: list[list[int]], q: int = 5) -> dict[str, float]:
     }
 
 
-def hajek(rows: list[tuple[float, bool]]) -> tuple[float, float, float, float]:
-    """The weighted rate, its interval (Wilson on p(1-p)/v, at most n) and p(1-p)/v, verdict by verdict."""
-    w = [(1 / pi, float(y), pi) for pi, y in rows]
-    total = sum(x for x, _, _ in w)
-    p = sum(x * y for x, y, _ in w) / total
-    v = sum((1 - pi) * x * x * (y - p) ** 2 for x, y, pi in w) / total**2
-    n_eff = min(len(rows), p * (1 - p) / v) if v > 0 and 0 < p < 1 else len(rows)
-    low, high = wilson_interval(p * n_eff, n_eff)
-    return p, low, high, p * (1 - p) / v
-
-
 async def test_tiers_agreement_reviewers_and_weighted_intervals_are_exact(
     service_env: dict[str, str], database_url: str, spawn: Callable[..., Service]
 ) -> None:
@@ -184,7 +173,7 @@ async def test_tiers_agreement_reviewers_and_weighted_intervals_are_exact(
         await eventually(counted, 60)  # calibration, audit and golden verdicts are not in the rates
         design_mattered = False
         for pair, item in (await rates()).items():
-            p, low, high, n_star = hajek(truth.primary[pair])
+            p, low, high, n_star = design_ratio(truth.primary[pair])
             assert item["weighted_error_rate"] == pytest.approx(p, rel=1e-9)
             assert (item["weighted_ci_low"], item["weighted_ci_high"]) == (pytest.approx(low), pytest.approx(high))
             assert item["effective_verdicts"] == pytest.approx(min(n_star, item["verdicts"]), abs=0.06)

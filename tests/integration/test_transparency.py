@@ -29,6 +29,7 @@ from tests.support import factories
 from tests.support.kafkautil import produce
 from tests.support.pipeline_util import api_ready
 from tests.support.processes import Service, eventually, free_port
+from tests.support.reference import design_ratio
 from tests.support.scorerutil import scorer_metric
 
 pytestmark = pytest.mark.integration
@@ -41,19 +42,6 @@ LANGUAGES = ["de", "fr", "Deutsch (AT)"]
 APPEAL_KEYS = ("policy_label", "category", "channel", "vendor_id")
 OUTCOMES = ("UPHELD", "OVERTURNED", "PARTIALLY_OVERTURNED", "WITHDRAWN")
 ACCURACY_KEYS = ("actor_type", "model_id", "model_version", "content_language", "vendor_id")
-
-
-def design_ratio(rows: list[tuple[float, bool]]) -> tuple[float | None, float | None, float | None]:
-    """The Hajek ratio of (inclusion probability, hit) rows with Wilson on p (1 - p) / v, at most n."""
-    if not rows:
-        return None, None, None
-    w = [(1 / pi, float(y), pi) for pi, y in rows]
-    total = sum(x for x, _, _ in w)
-    p = sum(x * y for x, y, _ in w) / total
-    v = sum((1 - pi) * x * x * (y - p) ** 2 for x, y, pi in w) / total**2
-    n_eff = min(len(rows), p * (1 - p) / v) if v > 0 and 0 < p < 1 else len(rows)
-    low, high = wilson_interval(p * n_eff, n_eff)
-    return p, low, high
 
 
 class Truth:
@@ -212,7 +200,7 @@ class Truth:
                     ("false_positive_rate", fp + no(tn)),
                     ("false_negative_rate", fn + no(tp)),
                 ):
-                    row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = design_ratio(rows)
+                    row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"], _ = design_ratio(rows)
                 out[key] = row
         return out
 

@@ -28,7 +28,7 @@ from services.api.routes import findings as finding_routes
 from services.api.routes import pairs as pair_routes
 from services.api.routes import reviews as review_routes
 from services.api.routes.rates import compute_rates
-from services.api.schemas import AckRequest, CommentRequest, RebaselineRequest, ResolveRequest, SilenceRequest
+from services.api.schemas import RebaselineRequest, SilenceRequest
 from services.api.ui.charts import Point, rate_chart
 from services.api.ui.session import COOKIE, SESSION_S, Session, Sessions
 from services.common.auth import authenticate
@@ -394,46 +394,29 @@ def _back(to: str) -> RedirectResponse:
     return RedirectResponse(to, status_code=303)
 
 
-@router.post("/alerts/{alert_id}/ack")
-async def ack_form(
+ALERT_FORMS = {"ack": "acknowledged", "resolve": "resolved", "comment": "commented"}
+"""The case page's forms on an alert, by the last part of their path, and the action each records."""
+
+
+@router.post("/alerts/{alert_id}/{verb}")
+async def alert_form(
     alert_id: str,
+    verb: str,
     engine: EngineDep,
     settings: SettingsDep,
     publisher: PublisherDep,
     who: Operator,
-    comment: Annotated[str, Form()] = "",
+    comment: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    await alert_routes.acknowledge(
-        alert_id, engine, settings, publisher, who.principal, AckRequest(comment=comment or None)
+    """Acknowledge, resolve or comment on an alert from its case page (the API's own action)."""
+    kind = ALERT_FORMS.get(verb)
+    if kind is None:
+        raise HTTPException(404, "no such action")
+    if kind == "commented" and not comment.strip():
+        raise HTTPException(400, "a comment needs some text")
+    await alert_routes.act_on_alert(
+        engine, settings, publisher, alert_id=alert_id, kind=kind, who=who.principal, by=None, comment=comment or None
     )
-    return _back(f"/ui/alerts/{quote(alert_id, safe='')}")
-
-
-@router.post("/alerts/{alert_id}/resolve")
-async def resolve_form(
-    alert_id: str,
-    engine: EngineDep,
-    settings: SettingsDep,
-    publisher: PublisherDep,
-    who: Operator,
-    comment: Annotated[str, Form()] = "",
-) -> Response:
-    await alert_routes.resolve(
-        alert_id, engine, settings, publisher, who.principal, ResolveRequest(comment=comment or None)
-    )
-    return _back(f"/ui/alerts/{quote(alert_id, safe='')}")
-
-
-@router.post("/alerts/{alert_id}/comment")
-async def comment_form(
-    alert_id: str,
-    engine: EngineDep,
-    settings: SettingsDep,
-    publisher: PublisherDep,
-    who: Operator,
-    comment: Annotated[str, Form(min_length=1, max_length=2000)],
-) -> Response:
-    await alert_routes.comment(alert_id, CommentRequest(comment=comment), engine, settings, publisher, who.principal)
     return _back(f"/ui/alerts/{quote(alert_id, safe='')}")
 
 
