@@ -7,7 +7,9 @@ here. Reading needs no JavaScript; the overview refreshes its live part with a l
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +20,7 @@ import orjson
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -54,6 +57,7 @@ templates.env.filters["seg"] = lambda v: quote(str(v), safe="")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 OVERVIEW_TTL_S = 5.0
+MARKETS_TTL_S = 300.0
 WINDOWS = ("1h", "24h", "7d")
 
 
@@ -132,6 +136,7 @@ class Overview:
     vendors: list[str]
     cells: dict[tuple[str, str], Cell]
     markets: list[str] = field(default_factory=list)
+    live_html: Markup = field(default_factory=Markup)  # the live part rendered once per computation (it names nobody)
 
 
 def level_of(rate: float | None, n: int, baseline: float) -> tuple[str, str]:
@@ -173,12 +178,18 @@ async def _open_alerts(engine: AsyncEngine) -> list[dict[str, Any]]:
     return rows
 
 
-async def build_overview(engine: AsyncEngine, settings: ApiSettings, window: str, market: str | None) -> Overview:
+async def markets_seen(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return sorted(m for (m,) in (await conn.execute(select(rate_buckets.c.market).distinct().limit(200))).all())
+
+
+async def build_overview(
+    engine: AsyncEngine, settings: ApiSettings, window: str, market: str | None, markets: list[str]
+) -> Overview:
     """The windows end at the newest minute counted: now on a live system; on a backfill or a replay
     of history, where the data stand (the page says which)."""
     async with engine.connect() as conn:
         newest = utc((await conn.execute(select(func.max(rate_buckets.c.bucket_start)))).scalar())
-        markets = [m for (m,) in (await conn.execute(select(rate_buckets.c.market).distinct().limit(200))).all()]
     end = newest + timedelta(minutes=1) if newest is not None else None
     rates = await compute_rates(engine, None, None, market, window, False, end)  # type: ignore[arg-type]
     baselines = await _baselines(engine)
@@ -206,27 +217,63 @@ async def build_overview(engine: AsyncEngine, settings: ApiSettings, window: str
         labels=sorted({k[0] for k in cells}),
         vendors=sorted({k[1] for k in cells}),
         cells=cells,
-        markets=sorted(markets),
+        markets=markets,
     )
 
 
 class OverviewCache:
-    """One overview per (window, market) every ``OVERVIEW_TTL_S``: shared by every page load and the
-    live refresh, so a room of open consoles costs the database one computation."""
+    """One overview per (window, market), recomputed at most every ``OVERVIEW_TTL_S`` and by one task
+    at a time, shared by every page load and live refresh: while it recomputes, the previous answer
+    is served (its "as of" says how old), so a room of open consoles costs the database one query
+    and the server one render of the grid. The market filter's choices (a scan of the buckets) are
+    refreshed every ``MARKETS_TTL_S``."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[str, str | None], tuple[float, Overview]] = {}
+        self.entries: dict[tuple[str, str | None], _Entry] = {}
+        self.markets: list[str] = []
+        self.markets_until = 0.0
 
     async def get(self, engine: AsyncEngine, settings: ApiSettings, window: str, market: str | None) -> Overview:
         key = (window, market)
-        found = self.entries.get(key)
-        if found is not None and time.monotonic() - found[0] < OVERVIEW_TTL_S:
-            return found[1]
-        overview = await build_overview(engine, settings, window, market)
-        if len(self.entries) > 100:
-            self.entries.clear()
-        self.entries[key] = (time.monotonic(), overview)
-        return overview
+        entry = self.entries.get(key)
+        if entry is None:
+            if len(self.entries) > 100:
+                self.entries.clear()
+            entry = self.entries[key] = _Entry()
+        now = time.monotonic()
+        if now >= entry.fresh_until and entry.refreshing is None:
+            entry.fresh_until = now + OVERVIEW_TTL_S
+            entry.refreshing = asyncio.create_task(entry.refresh(self.compute(engine, settings, window, market)))
+            entry.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if entry.answer is not None:
+            return entry.answer
+        assert entry.refreshing is not None
+        return await asyncio.shield(entry.refreshing)  # the first answer: everybody waits for the one
+
+    async def compute(self, engine: AsyncEngine, settings: ApiSettings, window: str, market: str | None) -> Overview:
+        if time.monotonic() >= self.markets_until:
+            self.markets = await markets_seen(engine)
+            self.markets_until = time.monotonic() + MARKETS_TTL_S
+        answer = await build_overview(engine, settings, window, market, self.markets)
+        answer.live_html = Markup(templates.get_template("overview_live.html").render(o=answer))
+        return answer
+
+
+@dataclass
+class _Entry:
+    fresh_until: float = 0.0
+    answer: Overview | None = None
+    refreshing: asyncio.Task[Overview] | None = None
+
+    async def refresh(self, computation: Coroutine[Any, Any, Overview]) -> Overview:
+        try:
+            self.answer = await computation
+            return self.answer
+        except BaseException:
+            self.fresh_until = 0.0  # the next request tries again
+            raise
+        finally:
+            self.refreshing = None
 
 
 def _window(value: str | None) -> str:
@@ -246,8 +293,8 @@ async def overview_fragment(
     request: Request, engine: EngineDep, settings: SettingsDep, who: Viewer, window: str = "24h", market: str = ""
 ) -> HTMLResponse:
     """The overview's live part (alerts and grid), for the page's refresh without a reload."""
-    data = await request.app.state.overview.get(engine, settings, _window(window), market or None)
-    return page(request, "overview_live.html", who, o=data, windows=WINDOWS)
+    data: Overview = await request.app.state.overview.get(engine, settings, _window(window), market or None)
+    return HTMLResponse(data.live_html)
 
 
 # -- a pair ----------------------------------------------------------------------------------
