@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -59,8 +60,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-SLICES = len(WireDecision.__struct_fields__) > 9 and os.environ.get("MODQ_BENCH_SLICES", "1") != "0"
-"""Decisions carry the attribution dimensions (0 in MODQ_BENCH_SLICES: as before they were counted)."""
+SLICES = os.environ.get("MODQ_BENCH_SLICES", "1") != "0"
+"""Decisions carry the attribution dimensions (0 in MODQ_BENCH_SLICES: none, for the core alone;
+the full run measures both, see ``without_slices``)."""
+
+
+def without_slices(wires: list[WireEvent]) -> list[WireEvent]:
+    """The same events with the decisions' five attribution dimensions left out (the entity and
+    action a remediation names kept): what the scorer does without the per-slice counts."""
+    return [
+        msgspec.structs.replace(w, queue_id="", model_version="", actor_type=-1, content_language="", policy_version="")
+        if isinstance(w, WireDecision)
+        else w
+        for w in wires
+    ]
 
 
 def iso_ms(t_ms: int) -> str:
@@ -85,7 +98,8 @@ def decision_event(i: int, t: int, label: str, vendor: str, market: str) -> tupl
         "entity_id": f"x{i}",
     }
     if not SLICES:
-        return doc, WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", 0)
+        wire = WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", -1, "", "", "LISTING", f"x{i}", "REMOVE")
+        return doc, wire
     # Every dimension attribution counts, as a platform sends them (a slice row each per verdict).
     queue, model, language = f"q-{i % 7}", ("1.4", "1.5")[i % 2], market.lower()
     doc.update(queue_id=queue, model_version=model, content_language=language, policy_version="2026-10")
@@ -283,6 +297,7 @@ def metric(text: str, name: str) -> float:
 
 
 def scorer_env(bootstrap: str, topic: str, partitions: int, workdir: Path) -> dict[str, str]:
+    """A scorer of its own (app id, group, topics, database, data directory) on ``topic``."""
     tag = uuid.uuid4().hex[:6]
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("MODQ_")},
@@ -294,8 +309,8 @@ def scorer_env(bootstrap: str, topic: str, partitions: int, workdir: Path) -> di
         "MODQ_SCORER_WEB_PORT": str(free_port()),
         "MODQ_TOPIC_OUTCOMES": f"bench-outcomes-{tag}",
         "MODQ_TOPIC_ALERTS": f"bench-alerts-{tag}",
-        "MODQ_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'bench.db'}",
-        "MODQ_SCORER_DATA_DIR": str(workdir / "data"),
+        "MODQ_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / f'bench-{tag}.db'}",
+        "MODQ_SCORER_DATA_DIR": str(workdir / f"data-{tag}"),
         "MODQ_BASELINE_MODE": "sla",
         "MODQ_ARL0": "100000",
         "MODQ_LOG_LEVEL": "WARNING",
@@ -422,6 +437,7 @@ async def main_async(args: argparse.Namespace) -> str:
         print(f"restart after kill -9: processing again, 10,000 new events counted, {restart_s:.1f} s", flush=True)
         core, per_decision = core_rate(wires)
         print(f"pure core: {core:,.0f} events/s; {per_decision:.0f} bytes stored per decision", flush=True)
+        slices = await compare_slices(bootstrap, wires, args, raw_batches, measured)
     finally:
         broker.terminate()
         broker.wait(10)
@@ -437,7 +453,61 @@ async def main_async(args: argparse.Namespace) -> str:
         f"\n\n{args.events:,} events, {args.decisions_per_s:,.0f} decisions per second of event time;"
         f" scorer resident memory at the end: {measured.rss / 2**20:.0f} MiB; "
         f"{per_decision:.0f} bytes stored per decision (state and key). Restart after kill -9 with that "
-        f"state: {restart_s:.1f} s from the new process's start until 10,000 new events were counted.\n"
+        f"state: {restart_s:.1f} s from the new process's start until 10,000 new events were counted.\n" + slices
+    )
+
+
+async def compare_slices(
+    bootstrap: str, wires: list[WireEvent], args: argparse.Namespace, raw_on: float, first: ScorerRun
+) -> str:
+    """The per-slice counts' cost: the same events without the decisions' five attribution
+    dimensions on a topic of their own, each variant's scorer against the raw consumer of its own
+    topic, the scorer runs alternated (the first run with the dimensions is the one above)."""
+    topic = "bench.events-noslice"
+    bare = without_slices(wires)
+    await create_topics(bootstrap, {topic: args.partitions})
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1_048_576, max_request_size=8_388_608, acks=1
+    )
+    await producer.start()
+    try:
+        await send_batches(producer, topic, bare, args.partitions)
+    finally:
+        await producer.stop()
+    raw_off = await raw_consume(bootstrap, topic, args.events, lambda v: len(decode_batch(v)))
+    print(f"raw aiokafka + msgspec (batches, no dimensions): {raw_off:,.0f} events/s", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="modq-bench-slices-"))
+    runs: dict[bool, list[ScorerRun]] = {True: [first], False: []}
+    for with_slices in [k % 2 == 1 for k in range(2 * args.slice_pairs - 1)]:
+        env = scorer_env(bootstrap, "bench.events" if with_slices else topic, args.partitions, workdir)
+        run = run_scorer(env, args.events, workdir, f"scorer-{len(runs[with_slices])}-{with_slices}.log")
+        runs[with_slices].append(run)
+        print(f"modq scorer, dimensions {'on' if with_slices else 'off'}: {run.rate:,.0f} events/s", flush=True)
+    on = sum(r.rate for r in runs[True]) / len(runs[True])
+    off = sum(r.rate for r in runs[False]) / len(runs[False])
+    on_share, off_share = on / raw_on, off / raw_off
+    core_on, bytes_on = core_rate(wires)
+    core_off, bytes_off = core_rate(bare)
+    rss_on = max(r.rss for r in runs[True]) / 2**20
+    rss_off = max(r.rss for r in runs[False]) / 2**20
+    return "\n".join(
+        [
+            "",
+            "The per-slice counts (the same events with and without the decisions' five attribution"
+            " dimensions, scorer runs alternated, mean of each):",
+            "",
+            "| | raw consumer, events/s | scorer, events/s | scorer as share of raw | pure core, events/s"
+            " | bytes stored per decision | scorer RSS, MiB |",
+            "|---|---|---|---|---|---|---|",
+            f"| with the dimensions | {raw_on:,.0f} | {on:,.0f} ({', '.join(f'{r.rate:,.0f}' for r in runs[True])})"
+            f" | {on_share:.1%} | {core_on:,.0f} | {bytes_on:.0f} | {rss_on:.0f} |",
+            f"| without | {raw_off:,.0f} | {off:,.0f} ({', '.join(f'{r.rate:,.0f}' for r in runs[False])})"
+            f" | {off_share:.1%} | {core_off:,.0f} | {bytes_off:.0f} | {rss_off:.0f} |",
+            "",
+            f"The scorer's share of the raw consumer with the per-slice counts: {on_share / off_share - 1:+.1%}"
+            " (target: a drop of at most 10%).",
+            "",
+        ]
     )
 
 
@@ -446,7 +516,7 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench.cli import run
 
-    run(main_async, events=600_000, partitions=4, decisions_per_s=200.0)
+    run(main_async, events=600_000, partitions=4, decisions_per_s=200.0, slice_pairs=2)
 
 
 if __name__ == "__main__":
