@@ -105,7 +105,10 @@ alerts = Table(
 )
 
 SLICE_DIMENSIONS = ("content_language", "queue_id", "model_version", "actor_type", "policy_version")
-"""Decision dimensions counted per slice (beside market, which rate_buckets has) for attribution."""
+"""Decision dimensions counted per slice (beside market, which rate_buckets has) for attribution: each
+primary verdict is one row of dimension ``slices`` whose value joins the five (``domain.join.COMBINED``);
+rows of each dimension alone are what earlier versions wrote. Dimensions ``reviewer_id`` and
+``automation`` (policy label ``*``) hold the hourly QA-of-QA and DSA counts."""
 
 slice_buckets = Table(
     "slice_buckets",

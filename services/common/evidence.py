@@ -23,10 +23,13 @@ from services.contracts.alerts import RULE_OVER, RULE_UNDER, AlertEvent
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_REVIEWER, SCOPE_VENDOR
 from services.domain import attribution, impact
 from services.domain import onset as onset_mod
+from services.domain.join import COMBINED, ROW_DIMENSIONS, expand_combined
 
 BASELINE_WINDOW = timedelta(days=7)
 RULE_COLUMN = {RULE_OVER: "over_enforcement", RULE_UNDER: "under_enforcement"}
 """The error count a rule watches (``errors`` for the error rate)."""
+COMBINED_DIMENSION = ROW_DIMENSIONS[COMBINED]
+"""Slice rows that count every decision dimension at once (``domain.join.COMBINED``)."""
 ERROR_TYPE_COLUMNS = {
     "OVER_ENFORCEMENT": "over_enforcement",
     "UNDER_ENFORCEMENT": "under_enforcement",
@@ -175,15 +178,19 @@ async def gather(
             select(s.dimension, s.value, since_s, func.sum(s.verdicts), func.sum(s[column]))
             .where(
                 *_scoped(slice_buckets, scope, policy_label, vendor_id),
-                s.dimension.in_(SLICE_DIMENSIONS),  # (not the reviewer and automation slices)
+                s.dimension.in_((*SLICE_DIMENSIONS, COMBINED_DIMENSION)),  # (not the reviewer and automation slices)
                 s.bucket_start >= onset - BASELINE_WINDOW,
                 *([s.bucket_start <= end] if end is not None else []),
             )
             .group_by(s.dimension, s.value, since_s)
         )
         for row in (await conn.execute(stmt)).all():
-            dim, value, flag = str(row[0]), str(row[1]), bool(row[2])
-            (since if flag else before).setdefault(dim, {})[value] = (int(row[3] or 0), int(row[4] or 0))
+            dim, value, flag, n, e = str(row[0]), str(row[1]), bool(row[2]), int(row[3] or 0), int(row[4] or 0)
+            parts = expand_combined(value) if dim == COMBINED_DIMENSION else [(dim, value)]
+            for dim, value in parts:
+                counts = (since if flag else before).setdefault(dim, {})
+                n0, e0 = counts.get(value, (0, 0))
+                counts[value] = (n0 + n, e0 + e)
     (n_b, e_b), (n, e) = totals[False], totals[True]
     excess = attribution.scope_excess((n_b, e_b), (n, e), baseline)
     slices = attribution.attribute(before, since, baseline, excess)

@@ -69,12 +69,21 @@ SLICE_DIMENSIONS: Final = ("content_language", "queue_id", "model_version", "act
 REVIEWER: Final = 5
 """Slice dimension ``reviewer_id``: each reviewer's current ratings (every tier), per hour."""
 AUTOMATION: Final = 6
-"""Slice dimension ``automation``: decisions and their primary verdicts per (actor type, model id,
-model version, content language, enforcement or approval), per hour: the DSA accuracy figures."""
-ROW_DIMENSIONS: Final = (*SLICE_DIMENSIONS, "reviewer_id", "automation")
+"""Slice dimension ``automation``: decisions and their primary verdicts per vendor and (actor type,
+model id, model version, content language, enforcement or approval), per hour, on the policy label
+``ANY_LABEL``: the DSA accuracy figures, which no policy label breaks down (a row per label would
+multiply the rows every decision writes by the number of labels)."""
+COMBINED: Final = 7
+"""Slice dimension ``slices``: primary verdicts per combination of the ``SLICE_DIMENSIONS`` values
+(joined by ``PART``, in order), per minute: one row a verdict instead of one per dimension; the
+evidence query sums them per dimension (``expand_combined``). Rows of the single dimensions
+(indexes 0-4) are what states written before this hold, read the same way."""
+ROW_DIMENSIONS: Final = (*SLICE_DIMENSIONS, "reviewer_id", "automation", "slices")
 """Every slice dimension by its index in a slice row's key."""
 PART: Final = "\x1f"
-"""Separates the parts of an ``automation`` slice's value (a control character, never in a label)."""
+"""Separates the parts of an ``automation`` or ``slices`` value (a control character, never in a label)."""
+ANY_LABEL: Final = "*"
+"""The policy label of the ``automation`` rows (every label)."""
 HOUR_MS: Final = 3_600_000
 SLICE_MARK: Final = "\x1f"
 """A bucket key whose market starts with this (a control character, never in a label) is a slice
@@ -91,6 +100,11 @@ def split_slice(market: str) -> tuple[str, str] | None:
     if not market.startswith(SLICE_MARK):
         return None
     return ROW_DIMENSIONS[int(market[1])], market[2:]
+
+
+def expand_combined(value: str) -> list[tuple[str, str]]:
+    """(dimension, value) of each given part of a ``slices`` row's value."""
+    return [(d, v) for d, v in zip(SLICE_DIMENSIONS, value.split(PART), strict=False) if v]
 
 
 def automation_value(attrs: DecisionAttrs) -> str:
@@ -276,7 +290,7 @@ class Deltas:
         key = (attrs.policy_label, attrs.vendor_id, attrs.market, bucket_start(attrs.t_ms))
         self.decisions[key] = self.decisions.get(key, 0) + 1
         hour = attrs.t_ms - attrs.t_ms % HOUR_MS
-        key = (attrs.policy_label, attrs.vendor_id, slice_key(AUTOMATION, automation_value(attrs)), hour)
+        key = (ANY_LABEL, attrs.vendor_id, slice_key(AUTOMATION, automation_value(attrs)), hour)
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
     def verdict(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
@@ -284,13 +298,12 @@ class Deltas:
         _count_verdict(self._row(attrs, v.t_ms), v, sign)
         if v.code == UNABLE_TO_JUDGE:
             return
-        start = bucket_start(v.t_ms)
-        for i, value in enumerate(attrs.slices):
-            if value:
-                _count_verdict(self._bucket((attrs.policy_label, attrs.vendor_id, slice_key(i, value), start)), v, sign)
+        if any(attrs.slices):
+            combined = slice_key(COMBINED, PART.join(attrs.slices))
+            _count_verdict(self._bucket((attrs.policy_label, attrs.vendor_id, combined, bucket_start(v.t_ms))), v, sign)
         hour = v.t_ms - v.t_ms % HOUR_MS
         automation = slice_key(AUTOMATION, automation_value(attrs))
-        _count_verdict(self._bucket((attrs.policy_label, attrs.vendor_id, automation, hour)), v, sign)
+        _count_verdict(self._bucket((ANY_LABEL, attrs.vendor_id, automation, hour)), v, sign)
 
     def rating(self, attrs: DecisionAttrs, v: CurrentVerdict, sign: int) -> None:
         """A reviewer's rating (a verdict of any tier, not UNABLE_TO_JUDGE) counted or taken back."""

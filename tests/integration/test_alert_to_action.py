@@ -151,6 +151,10 @@ async def test_a_label_wide_shift_in_one_market_is_one_alert_with_attribution_im
         assert (top["dimension"], top["value"]) == ("market", "DE") and top["share"] >= 0.7, detail["attribution"]
         assert top["observed_rate"] > 0.25 and top["baseline_rate"] < 0.06
         assert "vendor_id" not in {a["dimension"] for a in detail["attribution"]}  # every vendor alike
+        # The decision dimensions come from the slice rows (one per verdict, summed per dimension):
+        # the language of the market's decisions carries the same excess.
+        language = next(a for a in detail["attribution"] if a["dimension"] == "content_language")
+        assert language["value"] == "de" and language["share"] >= 0.7, detail["attribution"]
         # Impact: every decision of the label since the change point, an interval around the estimate.
         onset = datetime.fromisoformat(detail["impact"]["since"])
         assert abs((onset - datetime.fromisoformat(factories.ts(7_200))).total_seconds()) <= 900  # the true change

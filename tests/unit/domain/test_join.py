@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from services.contracts.batches import WireEvent, decode_batch, encode_batch
-from services.domain.join import score_batch
+from services.domain.join import ANY_LABEL, SLICE_DIMENSIONS, expand_combined, score_batch, split_slice
 from services.domain.rates import Counts
 from tests.support import factories
 from tests.support.factories import wire
@@ -104,3 +104,25 @@ def test_touched_ms_read_off_the_end_equals_the_decoded_field() -> None:
             DecisionState(None, CurrentVerdict("v", 1, 2, t, 1.0, ""), {"a": (1, t)}, t),
         ):
             assert touched_ms(encode_state(state)) == t
+
+
+def test_a_verdict_writes_one_slice_row_for_every_dimension_and_the_dsa_row_on_every_label() -> None:
+    decision = factories.decision("d1", content_language="de", queue_id="q7", model_version="", policy_version="p3")
+    events = [wire("decision", decision), wire("verdict", factories.verdict("d1", error=True))]
+    _, deltas = score_batch(decode_batch(encode_batch(events)), {}.get)
+    kinds = {split_slice(market): counts for (_, _, market, _), counts in deltas.rows().items()}
+    (combined,) = [(d, c) for d, c in kinds.items() if d and d[0] == "slices"]
+    (_, value), counts = combined
+    assert (counts.verdicts, counts.errors) == (1, 1)
+    # Each dimension given, summed by the evidence query; an empty one (model_version) names nothing.
+    assert expand_combined(value) == [
+        ("content_language", "de"),
+        ("queue_id", "q7"),
+        ("actor_type", "HUMAN"),
+        ("policy_version", "p3"),
+    ]
+    # The DSA counts are per vendor on the label ANY_LABEL, decisions and verdicts in one hourly row.
+    (automation,) = [(k, c) for k, c in deltas.rows().items() if (split_slice(k[2]) or ("",))[0] == "automation"]
+    assert automation[0][:2] == (ANY_LABEL, "V01") and (automation[1].decisions, automation[1].verdicts) == (1, 1)
+    # No row per dimension alone (what earlier versions wrote).
+    assert not {d[0] for d in kinds if d} & set(SLICE_DIMENSIONS)
