@@ -97,12 +97,8 @@ def decision_event(i: int, t: int, label: str, vendor: str, market: str) -> tupl
         "entity_type": "LISTING",
         "entity_id": f"x{i}",
     }
-    if not SLICES:
-        wire = WireDecision(f"e-{did}", did, t, label, vendor, market, "", "", -1, "", "", "LISTING", f"x{i}", "REMOVE")
-        return doc, wire
     # Every dimension attribution counts, as a platform sends them (a slice row each per verdict).
     queue, model, language = f"q-{i % 7}", ("1.4", "1.5")[i % 2], market.lower()
-    doc.update(queue_id=queue, model_version=model, content_language=language, policy_version="2026-10")
     wire = WireDecision(
         f"e-{did}",
         did,
@@ -119,6 +115,9 @@ def decision_event(i: int, t: int, label: str, vendor: str, market: str) -> tupl
         f"x{i}",
         "REMOVE",
     )
+    if not SLICES:
+        return doc, without_slices([wire])[0]
+    doc.update(queue_id=queue, model_version=model, content_language=language, policy_version="2026-10")
     return doc, wire
 
 
@@ -437,7 +436,7 @@ async def main_async(args: argparse.Namespace) -> str:
         print(f"restart after kill -9: processing again, 10,000 new events counted, {restart_s:.1f} s", flush=True)
         core, per_decision = core_rate(wires)
         print(f"pure core: {core:,.0f} events/s; {per_decision:.0f} bytes stored per decision", flush=True)
-        slices = await compare_slices(bootstrap, wires, args, raw_batches, measured)
+        slices = await compare_slices(bootstrap, wires, args, raw_batches, measured, core, per_decision)
     finally:
         broker.terminate()
         broker.wait(10)
@@ -458,11 +457,18 @@ async def main_async(args: argparse.Namespace) -> str:
 
 
 async def compare_slices(
-    bootstrap: str, wires: list[WireEvent], args: argparse.Namespace, raw_on: float, first: ScorerRun
+    bootstrap: str,
+    wires: list[WireEvent],
+    args: argparse.Namespace,
+    raw_on: float,
+    first: ScorerRun,
+    core_on: float,
+    bytes_on: float,
 ) -> str:
     """The per-slice counts' cost: the same events without the decisions' five attribution
     dimensions on a topic of their own, each variant's scorer against the raw consumer of its own
-    topic, the scorer runs alternated (the first run with the dimensions is the one above)."""
+    topic, the scorer runs alternated (the first run with the dimensions, its raw consumer and pure
+    core are the ones above)."""
     topic = "bench.events-noslice"
     bare = without_slices(wires)
     await create_topics(bootstrap, {topic: args.partitions})
@@ -486,7 +492,6 @@ async def compare_slices(
     on = sum(r.rate for r in runs[True]) / len(runs[True])
     off = sum(r.rate for r in runs[False]) / len(runs[False])
     on_share, off_share = on / raw_on, off / raw_off
-    core_on, bytes_on = core_rate(wires)
     core_off, bytes_off = core_rate(bare)
     rss_on = max(r.rss for r in runs[True]) / 2**20
     rss_off = max(r.rss for r in runs[False]) / 2**20
