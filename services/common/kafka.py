@@ -128,6 +128,26 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.loop.on_assigned(assigned)
 
 
+async def log_end(reader: AIOKafkaConsumer, tp: TopicPartition, timeout_s: float = 30.0) -> int:
+    """The offset after the last record of ``tp`` (assigned to ``reader``, whose position it moves).
+
+    ListOffsets (``end_offsets``) alone is not enough: Tansu 0.6, the embedded broker, answers the
+    base offset of the last record batch plus one, short of the end by the rest of that batch. A
+    fetch from just before that offset reports the high watermark, right on both brokers.
+    """
+    end: int = (await reader.end_offsets([tp]))[tp]
+    first: int = (await reader.beginning_offsets([tp]))[tp]
+    if end <= first:
+        return end
+    reader.seek(tp, end - 1)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (highwater := reader.highwater(tp)) is None:
+        await reader.getmany(tp, timeout_ms=500, max_records=1)
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"no fetch answer for {tp.topic} partition {tp.partition} in {timeout_s:.0f}s")
+    return max(end, int(highwater))
+
+
 async def seek_to_committed(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
     """Consume ``tp`` again from its group's committed offset (from the beginning without one)."""
     committed = await consumer.committed(tp)

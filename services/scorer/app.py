@@ -271,8 +271,8 @@ class Scorer:
             done, since = stage.progress[tp.partition]
             if done < 0:
                 done = committed.get(tp) or 0
-            end = ends.get(tp)
-            if end is not None and end > done and now - since > self.settings.scorer_stall_timeout_s:
+            end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)  # ListOffsets may fall short (log_end)
+            if end > done and now - since > self.settings.scorer_stall_timeout_s:
                 stalled.append(tp.partition)
         self.stalled = stalled
         if stalled:

@@ -61,6 +61,10 @@ class HeadWatch:
         if not wanted:
             return
         got = await reader.getmany(*wanted, timeout_ms=2_000)
+        for tp in wanted:  # the fetch's high watermark: Tansu's ListOffsets falls short (``log_end``)
+            highwater = reader.highwater(tp)
+            if highwater is not None:
+                self.ends[tp.partition] = max(self.ends[tp.partition], highwater)
         for tp, messages in got.items():
             newest = 0
             for m in messages:

@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.common.config import ScorerSettings
-from services.common.kafka import make_consumer
+from services.common.kafka import log_end, make_consumer
 from services.contracts.remediations import Remediation, encode_remediation
 
 log = logging.getLogger("modq.scorer.remediations")
@@ -73,7 +73,7 @@ class RemediationLog:
         start is reached): the last record of a source is its highest position."""
         tp = TopicPartition(self.topic, t)
         reader.assign([tp])
-        end = (await reader.end_offsets([tp]))[tp]
+        end = await log_end(reader, tp)
         first = (await reader.beginning_offsets([tp]))[tp]
         stop, chunk, left = end, TAIL_CHUNK, set(sources)
         while left and stop > first:

@@ -66,3 +66,25 @@ async def test_a_restarted_worker_skips_the_findings_already_published(service_e
     assert after.select(1, 11, [finding(3)]) == []
     assert [f.remediation_id for _, f in after.select(1, 12, [finding(4)])] == ["r-4"]
     assert [f.remediation_id for _, f in after.select(0, 5, [finding(5)])] == ["r-5"]  # nothing of 0 there
+
+
+async def test_the_read_back_reaches_the_last_record_of_a_batch(service_env: dict[str, str]) -> None:
+    """A round's findings go out as one record batch; the read-back must see its last record, not
+    stop at the offset ListOffsets reports (Tansu's is the batch's first record plus one)."""
+    settings = settings_from(service_env, ScorerSettings)
+    await ensure_topics(settings, {settings.topic_remediations: settings.partitions})
+    producer = make_producer(settings, linger_ms=200)
+    await producer.start()
+    try:
+        before = RemediationLog(settings)
+        futures = []
+        for offset in range(100, 400):
+            futures += await before.send(producer, 0, offset, before.select(0, offset, [finding(offset)]))
+        for fut in futures:
+            await fut
+    finally:
+        await producer.stop()
+    after = RemediationLog(settings)
+    await after.recover({0})
+    assert after.published == {0: (399, 0)}
+    assert after.select(0, 399, [finding(399)]) == []
