@@ -294,6 +294,11 @@ class PairMonitor:
             started = d.started()
             st.candidate_onsets_ms = tuple(t_ms if k in started else v for k, v in enumerate(st.candidate_onsets_ms))
         if st.firing:
+            if t_ms < st.onset_ms:
+                # A verdict from before the change, arriving late (a partition that lagged behind,
+                # a worker that died and whose partitions are replayed): it says nothing of whether
+                # the rate has come back, and a burst of them would resolve a shift still going on.
+                return None
             st.since_onset_n += 1
             st.since_onset_errors += hit
             recovery = self._recovery

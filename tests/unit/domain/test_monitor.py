@@ -266,3 +266,15 @@ def test_an_alert_raised_on_old_history_is_historical_and_announced_once_the_inp
         table[key] = found.state
         raised += found.changes
     assert raised and not any(c.historical for c in raised)
+
+
+def test_late_verdicts_from_before_the_onset_do_not_resolve_the_alert() -> None:
+    """A lagging partition delivers verdicts from before the change after the alert fired (a worker
+    died; its partitions are replayed behind the others): they do not count toward recovery."""
+    m, rng = monitor(), random.Random(5)
+    assert feed(m, rng, 0.03, 5000, 0) == []
+    assert [s for _, s in feed(m, rng, 0.12, 3000, 5_000_000)] == ["firing"]
+    assert m.state.onset_ms >= 5_000_000
+    assert feed(m, rng, 0.03, 3000, 1_000_000) == []  # 3,000 late verdicts at the baseline: still firing
+    assert m.state.firing
+    assert [s for _, s in feed(m, rng, 0.03, 3000, 9_000_000)] == ["resolved"]  # the rate really came back
