@@ -19,6 +19,7 @@ import asyncio
 import heapq
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -244,7 +245,13 @@ async def send_batches(producer: AIOKafkaProducer, topic: str, wires: list[WireE
     return len(futures)
 
 
-async def raw_consume(bootstrap: str, topic: str, expect: int, decode) -> float:  # type: ignore[no-untyped-def]
+@dataclass
+class RawRun:
+    rate: float  # events/s from the first record to the last
+    cpu_rate: float  # events per CPU-second of this process over the same span
+
+
+async def raw_consume(bootstrap: str, topic: str, expect: int, decode) -> RawRun:  # type: ignore[no-untyped-def]
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -256,16 +263,16 @@ async def raw_consume(bootstrap: str, topic: str, expect: int, decode) -> float:
     )
     await consumer.start()
     try:
-        seen, start = 0, None
+        seen, start, cpu = 0, None, 0.0
         while seen < expect:
             polled = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             for recs in polled.values():
                 if start is None and recs:
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                 for r in recs:
                     seen += decode(r.value)
         assert start is not None
-        return expect / (time.perf_counter() - start)
+        return RawRun(expect / (time.perf_counter() - start), expect / (time.process_time() - cpu))
     finally:
         await consumer.stop()
 
@@ -323,6 +330,13 @@ class ScorerRun:
     rss: int  # resident bytes then
     peak_rss: int  # the process's peak resident bytes (VmHWM), up to ``settled_s``
     settled_s: float  # from the start of the process to the ``settle_on`` log line (else ``seconds``)
+    cpu_rate: float = float("nan")  # events per CPU-second of the process (user + system), same span as ``rate``
+
+
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_bytes(pid: int, field: str) -> int:
@@ -350,7 +364,7 @@ def run_scorer(
         stderr=subprocess.STDOUT,
     )
     try:
-        first = None
+        first: tuple[float, float, float] | None = None
         counted: ScorerRun | None = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -368,12 +382,14 @@ def run_scorer(
                 continue
             done = metric(text, "modq_scorer_events_total")
             if done > 0 and first is None:
-                first = (now, done)
+                first = (now, done, _cpu_s(proc.pid))
             if done >= expect:
                 assert first is not None
                 rate = (done - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+                cpu = _cpu_s(proc.pid) - first[2]
                 rss = _status_bytes(proc.pid, "VmRSS")
                 counted = ScorerRun(rate, now - started, rss, _status_bytes(proc.pid, "VmHWM"), now - started)
+                counted.cpu_rate = (done - first[1]) / cpu if cpu > 0 else float("nan")
                 if not settle_on:
                     return counted
         raise RuntimeError(f"scorer did not finish; see {workdir / log}")
@@ -420,9 +436,10 @@ async def main_async(args: argparse.Namespace) -> str:
             flush=True,
         )
 
-        raw_json = await raw_consume(bootstrap, raw_topic, args.events, lambda v: bool(orjson.loads(v)))
+        raw_json = (await raw_consume(bootstrap, raw_topic, args.events, lambda v: bool(orjson.loads(v)))).rate
         print(f"raw aiokafka + orjson (JSON, 1 event/record): {raw_json:,.0f} events/s", flush=True)
-        raw_batches = await raw_consume(bootstrap, batch_topic, args.events, lambda v: len(decode_batch(v)))
+        raw_first = await raw_consume(bootstrap, batch_topic, args.events, lambda v: len(decode_batch(v)))
+        raw_batches = raw_first.rate
         print(f"raw aiokafka + msgspec (batches): {raw_batches:,.0f} events/s", flush=True)
         env = scorer_env(bootstrap, batch_topic, args.partitions, workdir)
         measured = run_scorer(env, args.events, workdir, "scorer.log")
@@ -436,7 +453,7 @@ async def main_async(args: argparse.Namespace) -> str:
         print(f"restart after kill -9: processing again, 10,000 new events counted, {restart_s:.1f} s", flush=True)
         core, per_decision = core_rate(wires)
         print(f"pure core: {core:,.0f} events/s; {per_decision:.0f} bytes stored per decision", flush=True)
-        slices = await compare_slices(bootstrap, wires, args, raw_batches, measured, core, per_decision)
+        slices = await compare_slices(bootstrap, wires, args, raw_first, measured, core, per_decision)
     finally:
         broker.terminate()
         broker.wait(10)
@@ -460,15 +477,16 @@ async def compare_slices(
     bootstrap: str,
     wires: list[WireEvent],
     args: argparse.Namespace,
-    raw_on: float,
+    raw_first: RawRun,
     first: ScorerRun,
     core_on: float,
     bytes_on: float,
 ) -> str:
     """The per-slice counts' cost: the same events without the decisions' five attribution
     dimensions on a topic of their own, each variant's scorer against the raw consumer of its own
-    topic, the scorer runs alternated (the first run with the dimensions, its raw consumer and pure
-    core are the ones above)."""
+    topic, the scorer runs alternated, each preceded by a run of the raw consumer of its topic (the
+    first run with the dimensions, its raw consumer and pure core are the ones above). Medians of
+    each: a single raw run varies by 10-15% on this machine, as much as the effect measured."""
     topic = "bench.events-noslice"
     bare = without_slices(wires)
     await create_topics(bootstrap, {topic: args.partitions})
@@ -480,37 +498,57 @@ async def compare_slices(
         await send_batches(producer, topic, bare, args.partitions)
     finally:
         await producer.stop()
-    raw_off = await raw_consume(bootstrap, topic, args.events, lambda v: len(decode_batch(v)))
-    print(f"raw aiokafka + msgspec (batches, no dimensions): {raw_off:,.0f} events/s", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="modq-bench-slices-"))
     runs: dict[bool, list[ScorerRun]] = {True: [first], False: []}
+    raws: dict[bool, list[RawRun]] = {True: [raw_first], False: []}
     for with_slices in [k % 2 == 1 for k in range(2 * args.slice_pairs - 1)]:
-        env = scorer_env(bootstrap, "bench.events" if with_slices else topic, args.partitions, workdir)
+        source = "bench.events" if with_slices else topic
+        raw = await raw_consume(bootstrap, source, args.events, lambda v: len(decode_batch(v)))
+        raws[with_slices].append(raw)
+        env = scorer_env(bootstrap, source, args.partitions, workdir)
         run = run_scorer(env, args.events, workdir, f"scorer-{len(runs[with_slices])}-{with_slices}.log")
         runs[with_slices].append(run)
-        print(f"modq scorer, dimensions {'on' if with_slices else 'off'}: {run.rate:,.0f} events/s", flush=True)
-    on = sum(r.rate for r in runs[True]) / len(runs[True])
-    off = sum(r.rate for r in runs[False]) / len(runs[False])
-    on_share, off_share = on / raw_on, off / raw_off
+        print(
+            f"dimensions {'on' if with_slices else 'off'}: raw {raw.rate:,.0f} ({raw.cpu_rate:,.0f} per CPU-s),"
+            f" modq scorer {run.rate:,.0f} ({run.cpu_rate:,.0f} per CPU-s) events/s",
+            flush=True,
+        )
     core_off, bytes_off = core_rate(bare)
     rss_on = max(r.rss for r in runs[True]) / 2**20
     rss_off = max(r.rss for r in runs[False]) / 2**20
+
+    def row(name: str, v: bool, core: float, stored: float, rss: float) -> str:
+        raw, cpu_raw = statistics.median([r.rate for r in raws[v]]), statistics.median([r.cpu_rate for r in raws[v]])
+        scorer = statistics.median([r.rate for r in runs[v]])
+        cpu_scorer = statistics.median([r.cpu_rate for r in runs[v]])
+        each = ", ".join(f"{r.rate:,.0f}" for r in runs[v])
+        return (
+            f"| {name} | {raw:,.0f} | {scorer:,.0f} ({each}) | {scorer / raw:.1%} | {cpu_raw:,.0f} | {cpu_scorer:,.0f}"
+            f" | {cpu_scorer / cpu_raw:.1%} | {core:,.0f} | {stored:.0f} | {rss:.0f} |"
+        )
+
+    def share(v: bool, cpu: bool) -> float:
+        if cpu:
+            return statistics.median([r.cpu_rate for r in runs[v]]) / statistics.median([r.cpu_rate for r in raws[v]])
+        return statistics.median([r.rate for r in runs[v]]) / statistics.median([r.rate for r in raws[v]])
+
+    wall, per_cpu = share(True, False) / share(False, False) - 1, share(True, True) / share(False, True) - 1
     return "\n".join(
         [
             "",
             "The per-slice counts (the same events with and without the decisions' five attribution"
-            " dimensions, scorer runs alternated, mean of each):",
+            f" dimensions; {len(runs[True])} scorer runs with and {len(runs[False])} without, alternated, each"
+            " after a run of the raw consumer of its topic; medians; wall-clock events/s and events per"
+            " CPU-second of the process, which the other processes on the machine disturb less):",
             "",
-            "| | raw consumer, events/s | scorer, events/s | scorer as share of raw | pure core, events/s"
-            " | bytes stored per decision | scorer RSS, MiB |",
-            "|---|---|---|---|---|---|---|",
-            f"| with the dimensions | {raw_on:,.0f} | {on:,.0f} ({', '.join(f'{r.rate:,.0f}' for r in runs[True])})"
-            f" | {on_share:.1%} | {core_on:,.0f} | {bytes_on:.0f} | {rss_on:.0f} |",
-            f"| without | {raw_off:,.0f} | {off:,.0f} ({', '.join(f'{r.rate:,.0f}' for r in runs[False])})"
-            f" | {off_share:.1%} | {core_off:,.0f} | {bytes_off:.0f} | {rss_off:.0f} |",
+            "| | raw, events/s | scorer, events/s (each run) | share of raw | raw, per CPU-s | scorer, per CPU-s"
+            " | share of raw (CPU) | pure core, events/s | bytes stored per decision | scorer RSS, MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            row("with the dimensions", True, core_on, bytes_on, rss_on),
+            row("without", False, core_off, bytes_off, rss_off),
             "",
-            f"The scorer's share of the raw consumer with the per-slice counts: {on_share / off_share - 1:+.1%}"
-            " (target: a drop of at most 10%).",
+            f"The scorer's share of the raw consumer with the per-slice counts: {wall:+.1%} wall-clock,"
+            f" {per_cpu:+.1%} per CPU-second (target: a drop of at most 10%).",
             "",
         ]
     )
