@@ -271,7 +271,11 @@ class Scorer:
             done, since = stage.progress[tp.partition]
             if done < 0:
                 done = committed.get(tp) or 0
-            end = max(ends.get(tp) or 0, consumer.highwater(tp) or 0)  # ListOffsets may fall short (log_end)
+            try:  # the last fetch's high watermark: ListOffsets may fall short (see ``log_end``)
+                highwater = consumer.highwater(tp) or 0
+            except Exception:  # not assigned any more
+                continue
+            end = max(ends.get(tp) or 0, highwater)
             if end > done and now - since > self.settings.scorer_stall_timeout_s:
                 stalled.append(tp.partition)
         self.stalled = stalled
