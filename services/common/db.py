@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.contracts.events import LABEL_MAX
+from services.domain.join import SLICE_DIMENSIONS
 from services.domain.rates import COUNT_FIELDS
 
 DB_UNAVAILABLE = (OperationalError, DBAPIError, OSError)
@@ -104,11 +105,11 @@ alerts = Table(
     Index("ix_alerts_started", "started_at", "alert_id"),
 )
 
-SLICE_DIMENSIONS = ("content_language", "queue_id", "model_version", "actor_type", "policy_version")
-"""Decision dimensions counted per slice (beside market, which rate_buckets has) for attribution: each
-primary verdict is one row of dimension ``slices`` whose value joins the five (``domain.join.COMBINED``);
-rows of each dimension alone are what earlier versions wrote. Dimensions ``reviewer_id`` and
-``automation`` (policy label ``*``) hold the hourly QA-of-QA and DSA counts."""
+# SLICE_DIMENSIONS (from domain.join): decision dimensions counted per slice (beside market, which
+# rate_buckets has) for attribution: each primary verdict is one row of dimension ``slices`` whose
+# value joins the five (domain.join.COMBINED); rows of each dimension alone are what earlier
+# versions wrote. Dimensions ``reviewer_id`` and ``automation`` (policy label ``*``) hold the hourly
+# QA-of-QA and DSA counts. decision_samples has a column for each.
 
 slice_buckets = Table(
     "slice_buckets",

@@ -18,12 +18,12 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.common.db import SLICE_DIMENSIONS, rate_buckets, slice_buckets
+from services.common.db import rate_buckets, slice_buckets
 from services.contracts.alerts import RULE_OVER, RULE_UNDER, AlertEvent
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_REVIEWER, SCOPE_VENDOR
 from services.domain import attribution, impact
 from services.domain import onset as onset_mod
-from services.domain.join import COMBINED, ROW_DIMENSIONS, expand_combined
+from services.domain.join import COMBINED, ROW_DIMENSIONS, SLICE_DIMENSIONS, expand_combined
 
 BASELINE_WINDOW = timedelta(days=7)
 RULE_COLUMN = {RULE_OVER: "over_enforcement", RULE_UNDER: "under_enforcement"}

@@ -16,7 +16,6 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.common.db import (
-    SLICE_DIMENSIONS,
     appeal_facts,
     bucket_owners,
     decision_samples,
@@ -28,7 +27,7 @@ from services.common.db import (
 from services.contracts.codes import APPEAL_OUTCOMES, ERROR_TYPES
 from services.contracts.facts import Fact, ReviewItem
 from services.domain.book import BookWrite
-from services.domain.join import DecisionAttrs, split_slice
+from services.domain.join import SLICE_DIMENSIONS, DecisionAttrs, split_slice
 from services.domain.rates import COUNT_FIELDS, BucketKey, Counts
 
 UPSERT_CHUNK_ROWS = 5_000

@@ -27,9 +27,10 @@ from services.api.deps import EngineDep, reader
 from services.api.queries import aware, decode_cursor, encode_cursor, load_alert
 from services.api.routes.alerts import evidence_of, since_of
 from services.api.schemas import FindingList, RereviewList
-from services.common.db import SLICE_DIMENSIONS, decision_samples, remediations
+from services.common.db import decision_samples, remediations
 from services.contracts.alerts import RULE_OVER, RULE_UNDER
 from services.contracts.pairs import SCOPE_LABEL, SCOPE_VENDOR
+from services.domain.join import SLICE_DIMENSIONS
 
 router = APIRouter(dependencies=[Depends(reader)])
 
