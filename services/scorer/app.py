@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web import Request, Response, View
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -147,14 +147,10 @@ class Scorer:
         if consumer is None:
             return
         for partition, (next_offset, _) in self.stage.progress.items():
-            tp = TopicPartition(self.settings.topic_events, partition)
-            try:
-                highwater = consumer.highwater(tp)
-            except Exception:  # not assigned (any more), or no fetch yet
-                continue
+            highwater = _highwater(consumer, TopicPartition(self.settings.topic_events, partition))
             if highwater is not None and next_offset >= 0:
                 lag = max(0, highwater - next_offset)
-                self.metrics.consumer_lag.labels(tp.topic, str(partition)).set(lag)
+                self.metrics.consumer_lag.labels(self.settings.topic_events, str(partition)).set(lag)
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -271,11 +267,9 @@ class Scorer:
             done, since = stage.progress[tp.partition]
             if done < 0:
                 done = committed.get(tp) or 0
-            try:  # the last fetch's high watermark: ListOffsets may fall short (see ``log_end``)
-                highwater = consumer.highwater(tp) or 0
-            except Exception:  # not assigned any more
-                continue
-            end = max(ends.get(tp) or 0, highwater)
+            if tp not in consumer.assignment():
+                continue  # revoked while the offsets were read
+            end = max(ends.get(tp) or 0, _highwater(consumer, tp) or 0)  # ListOffsets may fall short (``log_end``)
             if end > done and now - since > self.settings.scorer_stall_timeout_s:
                 stalled.append(tp.partition)
         self.stalled = stalled
@@ -354,3 +348,13 @@ def make_worker(scorer: Scorer, **options: Any) -> faust.Worker:
             await scorer.detection.start()
 
     return ScorerWorker(scorer.app, **options)
+
+
+def _highwater(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The high watermark of ``tp`` from the consumer's last fetch; None before one, or once the
+    partition is no longer assigned (aiokafka raises then)."""
+    try:
+        highwater: int | None = consumer.highwater(tp)
+    except Exception:
+        return None
+    return highwater
