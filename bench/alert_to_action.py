@@ -7,11 +7,12 @@ attribution, impact) on per-minute counts kept here instead of PostgreSQL.
 Scenarios, each over ``--seeds`` seeds:
 
 1. **Market-local pair drift.** One pair of a fleet (8 labels x 5 vendors, 3 markets, decisions
-   every 30 s per pair, QA judging 1 in 4) goes from 3% to 15% errors in market DE only. At the
-   pair's first alarm after the change (one before it is a false alarm, counted apart): is market DE
-   the first slice of the attribution, with share >= 0.7 (and six hours later, while it fires)? Does the
-   impact interval cover the true number of wrong decisions of the pair since the true change
-   (counted at the alarm)?
+   every 30 s per pair, QA judging 1 in 4) goes from 3% to 15% errors in market DE only. When the
+   pair's first alarm after the change (one before it is a false alarm, counted apart) is sent (on
+   the data up to the end of the record that raised it, or later if it was held for a wider scope):
+   is market DE the first slice of the attribution, with share >= 0.7 (and six hours after the
+   alarm, while it fires)? Does the impact interval cover the true number of wrong decisions of the
+   pair since the true change (counted then)?
 2. **Label-wide shift.** Every vendor of one label goes from 3% to 6%. One label-scope alert, and
    no pair alert paged on its own (every pair alert that fires is linked under it), within 3 days;
    the label alert's delay in event time against the median of the five pairs' own alarms (a pair
@@ -188,15 +189,18 @@ def market_drift(seed: int) -> dict[str, object]:
     if alarm is None:
         return {"alarm": False, "false_before": false_before}
     alarm_ms = _iso_ms(alarm.started_at)
+    # Sent when the record that raised it (or, held for a wider scope, settled it) was read: its
+    # evidence is of the data then.
+    sent_ms = max(alarm_ms, T0 + world.t_s * 1000)
     # Paged on its own: not linked under a wider alert, or announced on its own in the same batch
     # (its label's alert turned out to be this pair's alone: ``domain.detect.explains``).
     paged_alone = any(c.alert_id == alarm.alert_id and c.parent_alert_id is None for c in changes)
-    slices, hurt, since = evidence(world, alarm, alarm_ms)
+    slices, hurt, since = evidence(world, alarm, sent_ms)
     # The ceiling: knowing the true change and the true baseline, does the data of each market since
     # the change put >= 0.7 of the excess (its positive part) in DE?
     excess = dict.fromkeys(MARKETS, 0.0)
     for d in world.decisions:
-        if (d.label, d.vendor) == drifting and d.judged and change_ms <= d.t_ms <= alarm_ms:
+        if (d.label, d.vendor) == drifting and d.judged and change_ms <= d.t_ms <= sent_ms:
             excess[d.market] += d.wrong - P0
     positive = sum(max(0.0, x) for x in excess.values())
     oracle = positive > 0 and excess["DE"] >= 0.7 * positive
@@ -207,7 +211,7 @@ def market_drift(seed: int) -> dict[str, object]:
     truth = sum(
         d.wrong
         for d in world.decisions
-        if (d.label, d.vendor) == drifting and T0 + change_s * 1000 <= d.t_ms <= alarm_ms
+        if (d.label, d.vendor) == drifting and T0 + change_s * 1000 <= d.t_ms <= sent_ms
     )
     first = slices[0] if slices else ("", "", 0.0)
     return {
@@ -216,6 +220,8 @@ def market_drift(seed: int) -> dict[str, object]:
         "oracle": oracle,
         "paged_alone": paged_alone,
         "delay_h": (alarm_ms - T0 - change_s * 1000) / 3_600_000,
+        "sent_delay_h": (sent_ms - T0 - change_s * 1000) / 3_600_000,
+        "held": "held " in alarm.summary,
         "named": first[0] == "market" and first[1] == "DE" and first[2] >= 0.7,
         "share": first[2] if first[:2] == ("market", "DE") else 0.0,
         "named_later": later_first[0] == "market" and later_first[1] == "DE" and later_first[2] >= 0.7,
@@ -248,12 +254,28 @@ def label_wide(seed: int) -> dict[str, object]:
         (_iso_ms(c.started_at) for c in after if c.scope == "pair" and c.policy_label == drifting),
     )
     own += [float("inf")] * (len(VENDORS) - len(own))
+    # A label alert raised by chance before the change and still firing at it: the pairs link under
+    # it, and on-call has one page for the incident, though not one the change raised. Counted apart.
+    change_ms = T0 + change_s * 1000
+    ended = {
+        c.alert_id for c in changes if c.status == "resolved" and c.resolved_at and _iso_ms(c.resolved_at) < change_ms
+    }
+    through = {
+        c.alert_id
+        for c in firing
+        if c.scope == "policy_label"
+        and c.policy_label == drifting
+        and c.parent_alert_id is None
+        and _iso_ms(c.started_at) < change_ms
+        and c.alert_id not in ended
+    }
     label_delay = (_iso_ms(wide[0].started_at) - T0 - change_s * 1000) / 3_600_000 if wide else float("inf")
     pair_median = (statistics.median(own[: len(VENDORS)]) - T0 - change_s * 1000) / 3_600_000
     return {
         "one_label_alert": len({c.alert_id for c in wide}) == 1 and wide[0].parent_alert_id is None,
         "no_pair_pages": not paged_pairs,
         "ok": len({c.alert_id for c in wide}) == 1 and not paged_pairs,
+        "ok_through": not wide and len(through) == 1 and not paged_pairs,
         "label_delay_h": label_delay,
         "pair_median_h": pair_median,
         "sooner": label_delay < pair_median,
@@ -325,9 +347,9 @@ def main() -> None:
         "| scenario | target | measured |",
         "|---|---|---|",
         f"| 1. market-local drift (DE 3% -> 15%): pair alarms within 3 days | | {len(alarmed)}/{len(m)} |",
-        f"| 1. market DE named first with share >= 0.7, at the alarm | >= 95% of seeds | {rate('named')}"
+        f"| 1. market DE named first with share >= 0.7, when the alert is sent | >= 95% of seeds | {rate('named')}"
         f" (median share {median(alarmed, 'share'):.2f}) |",
-        f"| 1. the ceiling at the alarm: the data since the true change, against the true baseline, puts >= 0.7"
+        f"| 1. the ceiling then: the data since the true change, against the true baseline, puts >= 0.7"
         f" of the excess in DE | | {rate('oracle')} |",
         f"| 1. the same six hours after the alarm (kept current while firing) | | {rate('named_later')} |",
         f"| 1. the pair's alert paged on its own (not linked under its label's or vendor's) | |"
@@ -337,8 +359,13 @@ def main() -> None:
         f"| 1. impact interval covers the true wrong decisions since the true change | about 95% | {rate('covered')} |",
         f"| 1. change point minus true change, median (hours) | | {median(alarmed, 'since_error_h'):+.2f} |",
         f"| 1. pair alarm delay after the change, median (hours) | | {median(alarmed, 'delay_h'):.1f} |",
+        f"| 1. the same when its page was sent (held for a wider scope watching, or the batch's end) | |"
+        f" {median(alarmed, 'sent_delay_h'):.1f}; held in {sum(r['held'] for r in alarmed)} seeds |",
         "| 2. label-wide shift (5 vendors, 3% -> 6%): one label alert, no pair paged | >= 95% of seeds |"
         f" {sum(bool(r['ok']) for r in w) / len(w):.1%} |",
+        "| 2. the same, counting a label alert raised by chance before the change and firing through it |"
+        f" | {sum(bool(r['ok']) or bool(r['ok_through']) for r in w) / len(w):.1%}"
+        f" ({sum(bool(r['ok_through']) for r in w)} such seeds) |",
         f"| 2. label alert sooner than the median of the pairs' own alarms | sooner |"
         f" {sum(bool(r['sooner']) for r in w) / len(w):.1%} of seeds; median delay {median(w, 'label_delay_h'):.1f} h"
         f" against {median(w, 'pair_median_h'):.1f} h |",

@@ -154,6 +154,9 @@ class ScorerSettings(CommonSettings):
     )
     min_arl0: float = Field(5_000, gt=10)
     resolve_threshold: float = Field(6.0, gt=0, description="downward-CUSUM threshold that resolves an alert")
+    pair_page_hold_s: float = Field(
+        10_800, ge=0, description="how long a pair's alarm waits while its label or vendor is near its threshold"
+    )
 
     def monitor_policy(self) -> MonitorPolicy:
         from services.contracts.alerts import RULE_ERROR_RATE, RULE_OVER, RULE_REVIEWER, RULE_UNDER, RULES
@@ -177,6 +180,7 @@ class ScorerSettings(CommonSettings):
             + self.monitored_reviewers,
             min_arl0=self.min_arl0,
             resolve_threshold=self.resolve_threshold,
+            hold_ms=int(self.pair_page_hold_s * 1000),
         )
 
     flush_interval_s: float = Field(0.5, gt=0, description="changed rate buckets are written this often")

@@ -117,6 +117,7 @@ class ScopeUpdate(msgspec.Struct, tag="scope_update"):
     baseline: float = 0.0
     t_ms: int = 0
     started_ms: int = 0  # when the firing alert was raised (event time): it explains only later onsets
+    watching: bool = False  # for this member: its alarm is held a while (detect.WATCH_DROP, PairMonitor.settle)
 
 
 PairMessage = OutcomeBatch | Rebaseline | ScopeOutcomes | ScopeUpdate

@@ -49,6 +49,8 @@ class PairState(msgspec.Struct, array_like=True):
     told: dict[str, str] = {}  # wider scope: rule -> the paged alert id its members were last told ("" none)
     member_counts: dict[str, tuple[float, float, int]] = {}  # wider scope: member -> decayed (n, errors, at)
     clock: int = 0  # wider scope: verdicts seen (the decay's clock)
+    watching: dict[str, bool] = {}  # pair: by ``scope|rule|owner``, whether that wider scope is watching
+    watched: list[str] = []  # wider scope: ``rule|member`` of the members last told it is watching for them
 
 
 MEMBER_HALF_LIFE = 2_000
@@ -70,6 +72,39 @@ PARENT_LLR = 2.0
 """The same margin for a wider alert to link under one of the other kind (``_parents``): e^2 = 7 to 1.
 With none (the better model by a hair) a label-wide alert of a shift spread over its vendors linked
 under whichever vendor's alert fired first about one time in ten (docs/alert-to-action.md)."""
+
+
+WATCH_DROP = 3.0
+"""A wider scope is *near* its threshold while its alert is not firing and its detector statistic is
+within this of the threshold (the likelihood of a change at 1/20 of what pages); it stays near until
+the statistic is ``WATCH_HYSTERESIS`` lower again, so a statistic wandering about the level does not
+send news on every record."""
+WATCH_HYSTERESIS = 1.0
+WATCH_REST_LLR = 1.0
+"""A scope near its threshold is *watching* for a member (the member's alarm is held for it,
+``PairMonitor.settle``) when its other members' recent errors are also above the baseline: their
+pooled rate is more likely than the baseline by this (log; ``rest_rose``). A pair that drifts alone
+pushes its label's statistic up too, but not the rest of the label, and is paged at once."""
+
+
+def _near(monitor: PairMonitor, was: bool) -> bool:
+    d = monitor.detector
+    if monitor.state.firing or d is None:
+        return False
+    return monitor.statistic() >= d.h - WATCH_DROP - (WATCH_HYSTERESIS if was else 0.0)
+
+
+def rest_rose(stored: PairState, member: str, baseline: float) -> float:
+    """Log-likelihood ratio of the scope's members other than ``member``, over their recent (decayed)
+    counts: at their pooled rate against at ``baseline`` (0 when not above it)."""
+    n = e = 0.0
+    for m, (n_m, e_m, at) in stored.member_counts.items():
+        if m != member:
+            f = _DECAY ** (stored.clock - at)
+            n, e = n + n_m * f, e + e_m * f
+    if n <= 0 or e <= n * baseline:
+        return 0.0
+    return _loglik(e, n, e / n) - _loglik(e, n, baseline)
 
 
 def _loglik(errors: float, n: float, p: float) -> float:
@@ -155,6 +190,11 @@ def _parents(stored: PairState, rule: str, scope: str, baseline: float) -> list[
     return out
 
 
+def _held(stored: PairState, rule: str) -> bool:
+    """Whether a wider scope of this pair is watching for ``rule`` (its alarm waits: ``settle``)."""
+    return any(on for key, on in stored.watching.items() if on and key.split("|", 2)[1] == rule)
+
+
 def detect(
     pair_key: bytes, payload: bytes, load: Load, policy: MonitorPolicy, horizon_ms: int = 3_600_000
 ) -> Detection:
@@ -195,9 +235,15 @@ def detect(
         stored.parents[key] = message.alert_id
         stored.parents_started[key] = message.started_ms
         stored.priors[key] = message.baseline
+        stored.watching[key] = message.watching
         linked = monitors.get(message.rule)
         if linked is not None and was and was != message.alert_id and (news := linked.unlink(was, message.t_ms)):
             events.append(news)
+        if linked is not None and scope == SCOPE_PAIR:
+            base = monitors[RULE_ERROR_RATE].baseline_rate()
+            parents_now = _parents(stored, message.rule, scope, base)
+            if news := linked.settle(parents_now, _held(stored, message.rule), message.t_ms):
+                events.append(news)
     else:
         applied, before = stored.applied, dict(stored.applied)  # a record's items share its offset
         seen = set(stored.members)
@@ -217,16 +263,20 @@ def detect(
             outcomes = []  # a label with one vendor (a vendor with one label) is watched as the pair
         head = message.head_ms
         parents: dict[str, list[tuple[str, int]]] = {rule: [] for rule in monitors}
+        hold = dict.fromkeys(monitors, False)
         if scope != SCOPE_REVIEWER:
             base = monitors[RULE_ERROR_RATE].baseline_rate()  # members' counts are of every error
             parents = {rule: _parents(stored, rule, scope, base) for rule in RULES}
+        if scope == SCOPE_PAIR:
+            hold = {rule: _held(stored, rule) for rule in RULES}
         for t_ms, is_error, error_type in outcomes:
             old = historical(t_ms, head, horizon_ms)
             for rule, monitor in monitors.items():
                 if not old and (news := monitor.announce(t_ms)) is not None:
                     events.append(news)
                 hit = rule_hit(rule, is_error, error_type)
-                if (change := monitor.update(hit, t_ms, historical=old, parents=parents[rule])) is not None:
+                change = monitor.update(hit, t_ms, historical=old, parents=parents[rule], hold=hold[rule])
+                if change is not None:
                     events.append(change)
     t_last = max((t for t, _, _ in outcomes), default=getattr(message, "t_ms", 0))
     notices = _scope_notices(scope, (label, vendor), stored, new_members, monitors, baselines, events, t_last)
@@ -237,7 +287,7 @@ def detect(
         policy_label=label,
         vendor_id=vendor,
         outcomes=outcomes,
-        statistics={rule: (m.statistic(), m.state.firing) for rule, m in monitors.items()},
+        statistics={rule: (m.statistic(), m.state.firing and not m.state.held_ms) for rule, m in monitors.items()},
         scope=scope,
         notices=notices,
     )
@@ -267,18 +317,25 @@ def _scope_notices(
     out: list[tuple[bytes, bytes]] = []
     changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
     name = owner[0] if scope == SCOPE_LABEL else owner[1]
+    watched = set(stored.watched)
     for rule, monitor in monitors.items():
         st = monitor.state
         paged = monitor.alert_id() if st.firing and not st.parent_alert_id and not concentrated else ""
         if stored.told.get(rule, "") != paged:  # (its excess concentrated in a member, or spread again)
             changed.add(rule)
             stored.told[rule] = paged
-        update = encode_scope_update(
-            ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms, st.started_ms if paged else 0)
-        )
-        for m in members if rule in changed else new_members:
-            out.append((member_key(scope, owner, m), update))
-            out.append((cross_key(scope, m), update))
+        near = _near(monitor, any(w.startswith(f"{rule}|") for w in watched))
+        for m in members:
+            was = f"{rule}|{m}" in watched
+            watch = near and rest_rose(stored, m, base) >= WATCH_REST_LLR - (WATCH_HYSTERESIS / 2 if was else 0.0)
+            (watched.add if watch else watched.discard)(f"{rule}|{m}")
+            if rule not in changed and m not in new_members and watch == was:
+                continue
+            news = ScopeUpdate(scope, rule, name, paged, st.baseline, t_ms, st.started_ms if paged else 0, watch)
+            out.append((member_key(scope, owner, m), encode_scope_update(news)))
+            if rule in changed or m in new_members:  # (the member's other wider scope does not hold)
+                out.append((cross_key(scope, m), encode_scope_update(msgspec.structs.replace(news, watching=False))))
+    stored.watched = sorted(watched)
     return out
 
 

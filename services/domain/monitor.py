@@ -77,6 +77,9 @@ class MonitorPolicy:
     monitors_in_fleet: int = 960
     min_arl0: float = 5_000.0
     resolve_threshold: float = 6.0
+    hold_ms: int = 3 * 3_600_000
+    """How long (event time) a pair's alarm waits, unpaged, while a wider scope of it is watching
+    (``PairMonitor.settle``); 0: never."""
 
     def sla(self, rule: str) -> float:
         return dict(self.sla_rates)[rule]
@@ -104,6 +107,7 @@ class MonitorState(msgspec.Struct, array_like=True):
     candidate_onsets_ms: tuple[int, ...] = ()  # per shift: when its onset CUSUM last left zero
     announced: bool = True  # the firing alert went out as current (not history): see ``announce``
     parent_alert_id: str = ""  # the firing alert is linked to this wider alert (and not paged on its own)
+    held_ms: int = 0  # the firing alert is held (not sent yet) since then: see ``PairMonitor.settle``
 
 
 PRIOR_WORDS = {
@@ -267,13 +271,42 @@ class PairMonitor:
         # Raised as history and not announced yet: recorded so; ``announce`` pages it once current.
         return self._event("firing", t_ms, note=note, historical=not st.announced)
 
+    def settle(self, parents: Sequence[tuple[str, int]], hold: bool, t_ms: int) -> AlertEvent | None:
+        """A held alert (raised while a wider scope of the pair was *watching*: its own statistic near
+        its threshold, the rise spread over its members) is sent once that is settled: linked under
+        the first of ``parents`` when the wider alert fires (the pair's alarm was part of a wider
+        shift, and the wider alert is the page), or on its own (paged) when no wider scope is watching
+        any more (``hold`` false) or it has waited ``MonitorPolicy.hold_ms`` of event time.
+
+        Without the hold, a pair of a label-wide shift that alarms an hour or two before its label
+        (the label pools the evidence, but one pair can be lucky) was paged on its own, and the label
+        alert that followed was a second page for the same incident (docs/alert-to-action.md)."""
+        st = self.state
+        if not (st.firing and st.held_ms):
+            return None
+        waited = max(t_ms - st.held_ms, 0)
+        if parents:
+            st.parent_alert_id = parents[0][0]
+        elif hold and waited < self.policy.hold_ms:
+            return None
+        st.held_ms = 0
+        why = "its wider alert fired" if parents else "no wider alert fired"
+        note = f"held {waited / 3_600_000:.1f} h for a wider scope near its threshold; {why}"
+        return self._event("firing", t_ms, note=note)
+
     def update(
-        self, hit: bool, t_ms: int, historical: bool = False, parents: Sequence[tuple[str, int]] = ()
+        self,
+        hit: bool,
+        t_ms: int,
+        historical: bool = False,
+        parents: Sequence[tuple[str, int]] = (),
+        hold: bool = False,
     ) -> AlertEvent | None:
         """Feed one judged verdict (hit: it is an error of this rule's kind; ``historical``: its
         event time is older than the paging horizon; ``parents``: firing wider alerts this scope
         belongs to, (alert id, raised at), in order of preference: an alert raised now is linked to
-        the first)."""
+        the first; ``hold``: a wider scope is watching, an alert raised now with no parent waits for
+        it, see ``settle``)."""
         st, pol = self.state, self.policy
         if st.first_ms == 0:
             st.first_ms = t_ms
@@ -301,6 +334,8 @@ class PairMonitor:
                 return None
             st.since_onset_n += 1
             st.since_onset_errors += hit
+            if st.held_ms:
+                return self.settle(parents, hold, t_ms)  # (no recovery before it is sent)
             recovery = self._recovery
             assert recovery is not None
             recovery.against(d.p0, self.still_rate())
@@ -322,6 +357,9 @@ class PairMonitor:
             st.recovery = 0.0
             st.announced = not historical
             st.parent_alert_id = next((a for a, _ in parents), "")
+            if hold and not parents and not historical and pol.hold_ms > 0:
+                st.held_ms = t_ms
+                return None
             return self._event("firing", t_ms, historical=historical)
         return None
 
@@ -337,8 +375,9 @@ class PairMonitor:
         self._design = (0.0, 0.0)
         self._refresh(t_ms)
         if st.firing:
-            st.firing = False
-            return self._event("resolved", t_ms, note="re-baselined by an operator")
+            st.firing, held = False, st.held_ms
+            st.held_ms = 0
+            return None if held else self._event("resolved", t_ms, note="re-baselined by an operator")
         return None
 
     def _event(self, status: AlertStatus, t_ms: int, note: str = "", historical: bool = False) -> AlertEvent:

@@ -278,3 +278,58 @@ def test_late_verdicts_from_before_the_onset_do_not_resolve_the_alert() -> None:
     assert feed(m, rng, 0.03, 3000, 1_000_000) == []  # 3,000 late verdicts at the baseline: still firing
     assert m.state.firing
     assert [s for _, s in feed(m, rng, 0.03, 3000, 9_000_000)] == ["resolved"]  # the rate really came back
+
+
+def alarm_held(m: PairMonitor, rng: random.Random) -> int:
+    """Feed a shift with a wider scope watching until the pair alarms; the alarm is held (no event).
+    Returns the event time of the next verdict."""
+    for i in range(5000):
+        assert m.update(rng.random() < 0.03, i * 1000, hold=True) is None
+    t = 5_000_000
+    while not m.state.firing:
+        assert m.update(rng.random() < 0.15, t, hold=True) is None  # raised, and held: nothing sent
+        t += 1000
+    assert m.state.held_ms > 0
+    return t
+
+
+def test_an_alarm_held_for_a_watching_wider_scope_is_linked_when_that_alert_fires() -> None:
+    m, rng = monitor(), random.Random(5)
+    t = alarm_held(m, rng)
+    assert m.update(True, t, hold=True) is None  # still watching, within the hold
+    sent = m.update(False, t + 60_000, parents=[("label-alert", t)], hold=False)
+    assert sent is not None and sent.status == "firing" and sent.parent_alert_id == "label-alert"
+    assert "held 0.0 h" in sent.summary and "its wider alert fired" in sent.summary
+    assert m.state.held_ms == 0 and m.update(False, t + 61_000) is None  # sent once
+
+
+def test_a_held_alarm_is_paged_on_its_own_when_the_hold_runs_out_or_the_scope_stops_watching() -> None:
+    m, rng = monitor(), random.Random(6)
+    alarm_held(m, rng)
+    held, hold_ms = m.state.held_ms, m.policy.hold_ms
+    assert m.update(False, held + hold_ms - 1, hold=True) is None
+    sent = m.update(False, held + hold_ms, hold=True)
+    assert sent is not None and sent.status == "firing" and sent.parent_alert_id is None
+    assert "no wider alert fired" in sent.summary
+    m2 = monitor()
+    t2 = alarm_held(m2, random.Random(6))
+    sent2 = m2.settle([], False, t2 + 1000)  # the wider scope's statistic fell back: not watching
+    assert sent2 is not None and sent2.parent_alert_id is None
+
+
+def test_a_held_alarm_does_not_resolve_unsent_and_a_rebaseline_sends_nothing_for_it() -> None:
+    m, rng = monitor(), random.Random(7)
+    t = alarm_held(m, rng)
+    for i in range(3000):  # the rate back at baseline while still held: no resolution of an unsent alert
+        assert m.update(rng.random() < 0.03, t + i, hold=True) is None
+    assert m.state.firing
+    assert m.rebaseline(0.03, t + 5000) is None
+    assert not m.state.firing and m.state.held_ms == 0
+
+
+def test_no_hold_without_a_watching_scope_or_when_disabled() -> None:
+    m = PairMonitor("error_rate", "L", "V", MonitorPolicy(baseline_mode="sla", arl0=100_000, hold_ms=0))
+    rng = random.Random(5)
+    events = [m.update(rng.random() < 0.03, i * 1000, hold=True) for i in range(5000)]
+    events += [m.update(rng.random() < 0.15, 5_000_000 + i * 1000, hold=True) for i in range(3000)]
+    assert [e.status for e in events if e is not None] == ["firing"]

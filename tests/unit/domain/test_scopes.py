@@ -152,3 +152,43 @@ def test_a_reviewer_who_drifts_from_the_auditors_raises_a_reviewer_alert() -> No
     assert fired[0].dedup_key == "reviewer_disagreement|*|*|qa-07"
     assert fired[0].started_at >= "1970-01-01T13:20"  # after the drift began (800 minutes in)
     assert "reviewer qa-07: disagreement with the reference rose" in fired[0].summary
+
+
+def test_a_pair_alarm_waits_while_its_label_is_watching_and_links_when_the_label_fires() -> None:
+    """Through ``detect``: the label's news that it is watching holds the pair's alarm; its alert
+    firing links it; a pair whose label stops watching is paged on its own."""
+    import msgspec
+
+    from services.contracts.pairs import OutcomeBatch, ScopeUpdate, encode_scope_update, pair_key
+    from services.domain.detect import PairState, detect
+
+    policy = MonitorPolicy(baseline_mode="sla", arl0=100_000)
+    key, rng = pair_key("SCAMS", "V1"), random.Random(8)
+
+    def run(states: dict[bytes, bytes], payload: bytes) -> list[AlertEvent]:
+        found = detect(key, payload, states.get, policy)
+        states[key] = found.state
+        return [e for e in found.changes if e.rule == "error_rate"]
+
+    def verdicts(first: int, n: int, p: float) -> bytes:
+        items = [(0, first + i, 10**9 + (first + i) * 60_000, rng.random() < p, 1) for i in range(n)]
+        return msgspec.msgpack.encode(OutcomeBatch(items))
+
+    def news(**over: object) -> bytes:
+        return encode_scope_update(ScopeUpdate("policy_label", "error_rate", "SCAMS", **over))  # type: ignore[arg-type]
+
+    outcomes: list[list[AlertEvent]] = []
+    for ends in ("fires", "stops"):
+        states: dict[bytes, bytes] = {}
+        assert run(states, news(watching=True, t_ms=10**9)) == []
+        assert run(states, verdicts(0, 3000, 0.03)) == []
+        got = run(states, verdicts(3000, 150, 0.25))
+        held = msgspec.msgpack.decode(states[key], type=PairState).monitors["error_rate"]
+        assert got == [] and held.firing and held.held_ms > 0  # alarmed (surely, at 25%), and held
+        if ends == "fires":
+            outcomes.append(run(states, news(alert_id="label-alert", started_ms=10**9, t_ms=2 * 10**9)))
+        else:
+            outcomes.append(run(states, news(watching=False, t_ms=2 * 10**9)))
+    linked, alone = outcomes
+    assert [(e.status, e.parent_alert_id) for e in linked] == [("firing", "label-alert")]
+    assert [(e.status, e.parent_alert_id) for e in alone] == [("firing", None)]
