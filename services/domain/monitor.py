@@ -272,11 +272,12 @@ class PairMonitor:
         return self._event("firing", t_ms, note=note, historical=not st.announced)
 
     def settle(self, parents: Sequence[tuple[str, int]], hold: bool, t_ms: int) -> AlertEvent | None:
-        """A held alert (raised while a wider scope of the pair was *watching*: its own statistic near
-        its threshold, the rise spread over its members) is sent once that is settled: linked under
-        the first of ``parents`` when the wider alert fires (the pair's alarm was part of a wider
-        shift, and the wider alert is the page), or on its own (paged) when no wider scope is watching
-        any more (``hold`` false) or it has waited ``MonitorPolicy.hold_ms`` of event time.
+        """A held alert (raised while a wider scope of the pair was *watching* for it: that scope's
+        statistic near its threshold and its other members' errors up too, ``detect.WATCH_DROP``) is
+        sent once that is settled: linked under the first of ``parents`` when the wider alert fires
+        (the pair's alarm was part of a wider shift, and the wider alert is the page), or on its own
+        (paged) when no wider scope is watching any more (``hold`` false) or it has waited
+        ``MonitorPolicy.hold_ms`` of event time.
 
         Without the hold, a pair of a label-wide shift that alarms an hour or two before its label
         (the label pools the evidence, but one pair can be lucky) was paged on its own, and the label
