@@ -221,7 +221,7 @@ def market_drift(seed: int) -> dict[str, object]:
         "paged_alone": paged_alone,
         "delay_h": (alarm_ms - T0 - change_s * 1000) / 3_600_000,
         "sent_delay_h": (sent_ms - T0 - change_s * 1000) / 3_600_000,
-        "held": "held " in alarm.summary,
+        "held": "for a wider scope near its threshold" in alarm.summary,
         "named": first[0] == "market" and first[1] == "DE" and first[2] >= 0.7,
         "share": first[2] if first[:2] == ("market", "DE") else 0.0,
         "named_later": later_first[0] == "market" and later_first[1] == "DE" and later_first[2] >= 0.7,

@@ -109,7 +109,7 @@ def test_state_stored_by_the_cusum_release_still_loads() -> None:
     m = PairMonitor("error_rate", "L", "V", MonitorPolicy(baseline_mode="sla", arl0=100_000), state=state)
     assert m.detector is not None
     assert m.detector.to_state() == [0.0, 0, 0, 2.5, 40, 5, 0.0, 0, 0, 0.0, 0.0, 0.0]  # the doubling's CUSUM
-    assert state.firing and state.episode == 3
+    assert state.firing and state.episode == 3 and state.held_ms == 0  # (a firing alert of then was sent)
     assert state.candidate_onsets_ms == (3, 3, 3)  # the old candidate onset, for every shift
 
 
