@@ -94,14 +94,19 @@ def _near(monitor: PairMonitor, was: bool) -> bool:
     return monitor.statistic() >= d.h - WATCH_DROP - (WATCH_HYSTERESIS if was else 0.0)
 
 
-def rest_rose(stored: PairState, member: str, baseline: float) -> float:
-    """Log-likelihood ratio of the scope's members other than ``member``, over their recent (decayed)
-    counts: at their pooled rate against at ``baseline`` (0 when not above it)."""
+def recent_counts(stored: PairState) -> dict[str, tuple[float, float]]:
+    """A wider scope's members' recent (decayed, half-life ``MEMBER_HALF_LIFE`` verdicts) verdicts and
+    errors."""
+    return {m: (n * (f := _DECAY ** (stored.clock - at)), e * f) for m, (n, e, at) in stored.member_counts.items()}
+
+
+def rest_rose(recent: dict[str, tuple[float, float]], member: str, baseline: float) -> float:
+    """Log-likelihood ratio of the scope's members other than ``member``, over their ``recent_counts``:
+    at their pooled rate against at ``baseline`` (0 when not above it)."""
     n = e = 0.0
-    for m, (n_m, e_m, at) in stored.member_counts.items():
+    for m, (n_m, e_m) in recent.items():
         if m != member:
-            f = _DECAY ** (stored.clock - at)
-            n, e = n + n_m * f, e + e_m * f
+            n, e = n + n_m, e + e_m
     if n <= 0 or e <= n * baseline:
         return 0.0
     return _loglik(e, n, e / n) - _loglik(e, n, baseline)
@@ -126,10 +131,7 @@ def explains(stored: PairState, member: str, baseline: float, margin: float = 0.
     pairs of a policy incident from linking under it. ``margin``: how much more likely (log) the
     one-member model must be.
     """
-    counts: dict[str, tuple[float, float]] = {}
-    for m, (n, e, at) in stored.member_counts.items():
-        f = _DECAY ** (stored.clock - at)
-        counts[m] = (n * f, e * f)
+    counts = recent_counts(stored)
     n_m, e_m = counts.get(member, (0.0, 0.0))
     if n_m <= 0 or e_m <= n_m * baseline:
         return False
@@ -239,7 +241,7 @@ def detect(
         linked = monitors.get(message.rule)
         if linked is not None and was and was != message.alert_id and (news := linked.unlink(was, message.t_ms)):
             events.append(news)
-        if linked is not None and scope == SCOPE_PAIR:
+        if linked is not None and scope == SCOPE_PAIR and linked.state.held_ms:
             base = monitors[RULE_ERROR_RATE].baseline_rate()
             parents_now = _parents(stored, message.rule, scope, base)
             if news := linked.settle(parents_now, _held(stored, message.rule), message.t_ms):
@@ -318,6 +320,7 @@ def _scope_notices(
     changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
     name = owner[0] if scope == SCOPE_LABEL else owner[1]
     watched = set(stored.watched)
+    recent: dict[str, tuple[float, float]] | None = None  # (computed once, when a rule is near)
     for rule, monitor in monitors.items():
         st = monitor.state
         paged = monitor.alert_id() if st.firing and not st.parent_alert_id and not concentrated else ""
@@ -325,9 +328,12 @@ def _scope_notices(
             changed.add(rule)
             stored.told[rule] = paged
         near = _near(monitor, any(w.startswith(f"{rule}|") for w in watched))
+        if near and recent is None:
+            recent = recent_counts(stored)
         for m in members:
             was = f"{rule}|{m}" in watched
-            watch = near and rest_rose(stored, m, base) >= WATCH_REST_LLR - (WATCH_HYSTERESIS / 2 if was else 0.0)
+            level = WATCH_REST_LLR - (WATCH_HYSTERESIS / 2 if was else 0.0)
+            watch = near and recent is not None and rest_rose(recent, m, base) >= level
             (watched.add if watch else watched.discard)(f"{rule}|{m}")
             if rule not in changed and m not in new_members and watch == was:
                 continue
