@@ -11,35 +11,28 @@ Run: python -m bench.hold_cost [--runs 3] [--seeds 5]
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
+from bench.alert_to_action import BATCH_S, LABELS, P0, VENDORS, World
 from services.devtools.fleet import Fleet
 from services.domain.join import JudgedVerdict
 from services.domain.monitor import MonitorPolicy
 
-LABELS = [f"L{i}" for i in range(8)]
-VENDORS = [f"V{i}" for i in range(5)]
+CHANGE_S = 86_400
 
 
 def verdicts(seed: int) -> list[list[JudgedVerdict]]:
-    """Records of ten minutes of the fleet's judged verdicts (30 per pair per hour), two days."""
-    rng, t, out = random.Random(seed), 1_790_000_000_000, []
-    for minute10 in range(2 * 144):
-        batch = []
-        for _ in range(5):  # five verdicts per pair per ten minutes
-            for label in LABELS:
-                for vendor in VENDORS:
-                    t += 1
-                    p = 0.06 if label == "L0" and minute10 >= 144 else 0.03
-                    e = rng.random() < p
-                    u = rng.random()
-                    batch.append(
-                        JudgedVerdict(label, vendor, t, e, (1 if u < 0.5 else 2 if u < 5 / 6 else 3) if e else 0)
-                    )
-        t += 600_000
-        out.append(batch)
+    """Records of ten minutes of the fleet's judged verdicts (``bench.alert_to_action.World``: a
+    decision every 30 s per pair, QA judging a quarter), two days, label L0 at 6% in the second."""
+
+    def rate(label: str, vendor: str, market: str, t_s: int) -> float:
+        return 0.06 if label == "L0" and t_s >= CHANGE_S else P0
+
+    world, pairs, out = World(seed, rate), [(lb, v) for lb in LABELS for v in VENDORS], []
+    while world.t_s < 2 * CHANGE_S:
+        out.append(world.advance(BATCH_S, pairs))
+        world.decisions.clear()  # (only the verdicts are needed)
     return out
 
 
