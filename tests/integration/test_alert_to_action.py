@@ -145,8 +145,22 @@ async def test_a_label_wide_shift_in_one_market_is_one_alert_with_attribution_im
         history = (await client.get(f"/v1/alerts/{pairs[0]['alert_id']}/history")).json()["items"]
         assert "linked" in {h["action"] for h in history}
 
+        def since_onset(detail: dict[str, Any]) -> tuple[datetime, float, list[str]]:
+            onset = datetime.fromisoformat(detail["impact"]["since"])
+            onset_s = (onset - datetime.fromisoformat(factories.ts(0))).total_seconds() // 60 * 60
+            return onset, onset_s, [d for d, (lb, _, _, t) in truth.decided.items() if lb == LABEL and t >= onset_s]
+
+        # The evidence is counted from the database, which the scorer's sink writes a moment after it
+        # scores (the last chunk's decisions may not be there yet): read it once the counts caught up.
+        async def counted() -> dict[str, Any] | None:
+            detail: dict[str, Any] = (await client.get(f"/v1/alerts/{alert_id}")).json()
+            return detail if detail["impact"]["decisions"] == len(since_onset(detail)[2]) else None
+
+        try:
+            detail = await eventually(counted, 30)
+        except AssertionError:  # the assertions below say what differs
+            detail = (await client.get(f"/v1/alerts/{alert_id}")).json()
         # Attribution: the market first, with most of the excess.
-        detail = (await client.get(f"/v1/alerts/{alert_id}")).json()
         top = detail["attribution"][0]
         assert (top["dimension"], top["value"]) == ("market", "DE") and top["share"] >= 0.7, detail["attribution"]
         assert top["observed_rate"] > 0.25 and top["baseline_rate"] < 0.06
@@ -156,10 +170,8 @@ async def test_a_label_wide_shift_in_one_market_is_one_alert_with_attribution_im
         language = next(a for a in detail["attribution"] if a["dimension"] == "content_language")
         assert language["value"] == "de" and language["share"] >= 0.7, detail["attribution"]
         # Impact: every decision of the label since the change point, an interval around the estimate.
-        onset = datetime.fromisoformat(detail["impact"]["since"])
+        onset, onset_s, since = since_onset(detail)
         assert abs((onset - datetime.fromisoformat(factories.ts(7_200))).total_seconds()) <= 900  # the true change
-        onset_s = (onset - datetime.fromisoformat(factories.ts(0))).total_seconds() // 60 * 60
-        since = [d for d, (lb, _, _, t) in truth.decided.items() if lb == LABEL and t >= onset_s]
         impact = detail["impact"]
         assert impact["decisions"] == len(since)
         assert impact["ci_low"] <= impact["estimated_wrong"] <= impact["ci_high"]
