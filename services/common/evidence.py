@@ -103,10 +103,13 @@ def _change(
     series: list[tuple[datetime, list[int]]], onset: datetime, until: datetime, baseline: float
 ) -> tuple[datetime, datetime, datetime]:
     """(change point, earliest, latest of its 95% likelihood interval); the detector's onset if none."""
-    found = onset_mod.change_point_set([(i, c[0], c[1]) for i, (t, c) in enumerate(series) if t <= until], baseline)
+    at = {int(t.timestamp()) // 60: t for t, _ in series}  # (the estimate is a mean over time: minutes)
+    found = onset_mod.change_point_set(
+        [(int(t.timestamp()) // 60, c[0], c[1]) for t, c in series if t <= until], baseline
+    )
     if found is None:
         return _minute(onset), _minute(onset), _minute(onset)
-    best, early, late = (series[i][0] for i in found)
+    best, early, late = (at[m] for m in found)
     return best, early, late
 
 
