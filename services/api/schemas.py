@@ -62,7 +62,7 @@ class Impact(BaseModel):
     excess_wrong: int = Field(description="estimated wrong beyond what the baseline rate would have made")
     by_error_type: dict[str, int]
     since: datetime | None = Field(
-        None, description="the change point these count from (the maximum-likelihood start of the rise)"
+        None, description="the change point these count from (the posterior-mean start of the rise)"
     )
 
 

@@ -1,7 +1,7 @@
 """An alert's evidence from the exact counts in the database: where the excess sits (attribution)
 and how many decisions it hurt (impact), for the API, the alert history and the notifier.
 
-Since onset means the buckets from the change point (the maximum-likelihood start of the rise in
+Since onset means the buckets from the change point (the posterior-mean start of the rise in
 the scope's minute counts, ``domain.onset``; the detector's own onset can be hours early for a
 small shift) to the alert's resolution (or the newest bucket); before onset, the
 ``BASELINE_WINDOW`` before it. A pair alert looks at the pair's rows, a

@@ -1,4 +1,4 @@
-"""Where a change began, from the per-minute counts: the maximum-likelihood change point. Pure.
+"""Where a change began, from the per-minute counts: a Bayes estimate of the change point. Pure.
 
 The detector's own onset is when the CUSUM of the shift that alarmed last left zero, which for a
 small shift on a stable stream can be hours before the change (the statistic wanders above zero).
