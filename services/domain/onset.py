@@ -12,7 +12,8 @@ with n verdicts and e errors from tau to the alarm (Hinkley 1970's change-point 
 post-change rate profiled out). Candidates are the bucket starts; the counts are the database's.
 
 The estimate the evidence counts from is not that maximum but the posterior mean of tau under a
-flat prior over the candidates, each weighted by exp(LLR(tau)) (``change_point_set``). In a
+flat prior over the candidates (the buckets that hold counts), each weighted by exp(LLR(tau)),
+the likelihood with the post-change rate profiled out (``change_point_set``). In a
 change-point model the likelihood is not smooth in tau and the MLE is not efficient: Bayes
 estimators are (Ibragimov and Has'minskii 1981, ch. V and VII), and the MLE jumps to a chance burst
 of errors just before the alarm, when a rise of a third of the scope's traffic (one market) lifts
