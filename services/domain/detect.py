@@ -131,15 +131,21 @@ def explains(stored: PairState, member: str, baseline: float, margin: float = 0.
     pairs of a policy incident from linking under it. ``margin``: how much more likely (log) the
     one-member model must be.
     """
-    counts = recent_counts(stored)
-    n_m, e_m = counts.get(member, (0.0, 0.0))
-    if n_m <= 0 or e_m <= n_m * baseline:
-        return False
-    one = _loglik(e_m, n_m, e_m / n_m) + sum(_loglik(e, n, baseline) for m, (n, e) in counts.items() if m != member)
-    total_n = sum(n for n, _ in counts.values())
-    pooled = max(sum(e for _, e in counts.values()) / total_n, baseline)
-    spread = sum(_loglik(e, n, pooled) for n, e in counts.values())
-    return one - spread > margin
+    return alone_margins(recent_counts(stored), baseline).get(member, -math.inf) > margin
+
+
+def alone_margins(recent: dict[str, tuple[float, float]], baseline: float) -> dict[str, float]:
+    """For each member whose ``recent_counts`` are above ``baseline``: the log-likelihood of *it
+    alone moved* minus that of *the scope moved* (``explains``), for every member in one pass. A
+    binomial log-likelihood at a fixed rate is linear in the counts, so every other member at the
+    baseline is the rest's summed counts at it, and every member at the pooled rate the scope's."""
+    total_n = sum(n for n, _ in recent.values())
+    total_e = sum(e for _, e in recent.values())
+    rising = [(m, n, e) for m, (n, e) in recent.items() if n > 0 and e > n * baseline]
+    if not rising:
+        return {}
+    spread = _loglik(total_e, total_n, max(total_e / total_n, baseline))
+    return {m: _loglik(e, n, e / n) + _loglik(total_e - e, total_n - n, baseline) - spread for m, n, e in rising}
 
 
 _pair_state_decoder = msgspec.msgpack.Decoder(PairState)
@@ -315,12 +321,13 @@ def _scope_notices(
         return []
     members = stored.members
     base = monitors[RULE_ERROR_RATE].baseline_rate()
-    concentrated = any(explains(stored, m, base, ALONE_LLR) for m in members)
+    recent = recent_counts(stored)
+    alone = alone_margins(recent, base)
+    concentrated = any(alone.get(m, -math.inf) > ALONE_LLR for m in members)
     out: list[tuple[bytes, bytes]] = []
     changed = {e.rule for e in events} | {r for r, m in monitors.items() if m.state.baseline != baselines_before[r]}
     name = owner[0] if scope == SCOPE_LABEL else owner[1]
     watched = set(stored.watched)
-    recent: dict[str, tuple[float, float]] | None = None  # (computed once, when a rule is near)
     for rule, monitor in monitors.items():
         st = monitor.state
         paged = monitor.alert_id() if st.firing and not st.parent_alert_id and not concentrated else ""
@@ -328,12 +335,10 @@ def _scope_notices(
             changed.add(rule)
             stored.told[rule] = paged
         near = _near(monitor, any(w.startswith(f"{rule}|") for w in watched))
-        if near and recent is None:
-            recent = recent_counts(stored)
         for m in members:
             was = f"{rule}|{m}" in watched
             level = WATCH_REST_LLR - (WATCH_HYSTERESIS / 2 if was else 0.0)
-            watch = near and recent is not None and rest_rose(recent, m, base) >= level
+            watch = near and rest_rose(recent, m, base) >= level
             (watched.add if watch else watched.discard)(f"{rule}|{m}")
             if rule not in changed and m not in new_members and watch == was:
                 continue

@@ -134,6 +134,34 @@ def test_one_member_explains_a_rise_only_when_the_others_stayed() -> None:
     assert not explains(scope({"V0": 0.02, "V1": 0.03}), "V0", 0.03)  # no rise, nothing to explain
 
 
+def test_the_one_pass_margins_are_the_two_models_compared_member_by_member() -> None:
+    """``alone_margins`` (all members at once, from summed counts) against the two models written
+    out per member: the member at its own rate and each other at the baseline, against every member
+    at the pooled rate."""
+    import math
+
+    from services.domain.detect import alone_margins
+
+    def loglik(e: float, n: float, p: float) -> float:
+        return e * math.log(p) + (n - e) * math.log(1 - p)
+
+    rng = random.Random(4)
+    for _ in range(50):
+        recent = {f"L{i}": (n := rng.uniform(0, 300), n * rng.uniform(0, 0.12)) for i in range(rng.randrange(1, 40))}
+        total_n = sum(n for n, _ in recent.values())
+        pooled = max(sum(e for _, e in recent.values()) / total_n, 0.03)
+        expected = {
+            m: loglik(e, n, e / n)
+            + sum(loglik(e2, n2, 0.03) for m2, (n2, e2) in recent.items() if m2 != m)
+            - sum(loglik(e2, n2, pooled) for n2, e2 in recent.values())
+            for m, (n, e) in recent.items()
+            if e > n * 0.03
+        }
+        got = alone_margins(recent, 0.03)
+        assert got.keys() == expected.keys()
+        assert all(math.isclose(got[m], expected[m], rel_tol=1e-9, abs_tol=1e-7) for m in got), (got, expected)
+
+
 def test_a_reviewer_who_drifts_from_the_auditors_raises_a_reviewer_alert() -> None:
     from services.domain.join import ScoredRating
 
