@@ -103,13 +103,11 @@ def _change(
     series: list[tuple[datetime, list[int]]], onset: datetime, until: datetime, baseline: float
 ) -> tuple[datetime, datetime, datetime]:
     """(change point, earliest, latest of its 95% likelihood interval); the detector's onset if none."""
-    at = {int(t.timestamp()) // 60: t for t, _ in series}  # (the estimate is a mean over time: minutes)
-    found = onset_mod.change_point_set(
-        [(int(t.timestamp()) // 60, c[0], c[1]) for t, c in series if t <= until], baseline
-    )
+    by_minute = {int(t.timestamp()) // 60: (t, c) for t, c in series if t <= until}  # (a mean over time)
+    found = onset_mod.change_point_set([(m, c[0], c[1]) for m, (_, c) in by_minute.items()], baseline)
     if found is None:
         return _minute(onset), _minute(onset), _minute(onset)
-    best, early, late = (at[m] for m in found)
+    best, early, late = (by_minute[m][0] for m in found)
     return best, early, late
 
 
